@@ -1,0 +1,5 @@
+import sys
+
+from dualvec.cli import main
+
+sys.exit(main())

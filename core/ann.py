@@ -1,0 +1,253 @@
+"""Index kinds, and how one space is searched with a pair's tuned parameters.
+
+One FAISS index per space (the *target* space of a query). A query pair (say IN->OUT) is searched in the target
+space's index with its own query-time parameters (``SearchParams``): efSearch or nprobe, plus an optional *hub
+scan*: a short list of target rows, found at build time, that are the frequent answers of that pair's queries and
+are scored exactly for every query. Cross-space queries are out of distribution for an index built on one space;
+their top-k lists are dominated by a few hub words the index tends to miss, and scanning those exactly is cheap.
+
+The indexer (building, tuning) and the server (answering) both search through ``SpaceIndex.search``, so the recall
+the bundle records is the recall the server delivers.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+
+from dualvec.errors import ModelError
+
+# Below this many rows `auto` searches exactly: a full scan is then about as fast as an index.
+AUTO_EXACT_MAX_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Build parameters of one space's index (stored in the bundle manifest).
+
+    kind: "flat" (exact: the stored normalized vectors are scanned; no index file), "ivf", "hnsw", or "factory"
+    (``factory`` holds any FAISS index_factory string; inner-product metric).
+    """
+
+    kind: str
+    factory: str = ""
+    ef_construction: int = 0
+
+    def describe(self) -> str:
+        return "exact scan of the normalized vectors" if self.kind == "flat" else self.factory
+
+
+def choose_spec(requested: str, n_rows: int, dim: int) -> IndexSpec:
+    """Turn the ``--index`` option into build parameters for an (n_rows, dim) space.
+
+    "auto" is exact below AUTO_EXACT_MAX_ROWS rows and IVF above; "ivf" picks nlist ~ 4 sqrt(n) (a power of two);
+    "hnsw" is HNSW32 with efConstruction 80; anything else is taken as a FAISS factory string.
+    """
+    req = requested.strip()
+    low = req.lower()
+    if low == "auto":
+        return IndexSpec("flat") if n_rows <= AUTO_EXACT_MAX_ROWS else choose_spec("ivf", n_rows, dim)
+    if low == "flat":
+        return IndexSpec("flat")
+    if low == "ivf":
+        nlist = ivf_nlist(n_rows)
+        return IndexSpec("ivf", f"IVF{nlist},Flat")
+    if low == "hnsw":
+        return IndexSpec("hnsw", "HNSW32,Flat", ef_construction=80)
+    try:
+        probe = faiss.index_factory(dim, req, faiss.METRIC_INNER_PRODUCT)
+    except Exception as exc:  # faiss raises RuntimeError with a C++ message
+        raise ModelError(f"--index {req!r} is not 'auto', 'flat', 'hnsw', 'ivf' or a valid FAISS factory string "
+                         f"({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc})") from None
+    kind = "ivf" if faiss.try_extract_index_ivf(probe) is not None else (
+        "hnsw" if isinstance(probe, faiss.IndexHNSW) else "factory")
+    return IndexSpec(kind, req, ef_construction=80 if kind == "hnsw" else 0)
+
+
+def ivf_nlist(n_rows: int) -> int:
+    """Number of IVF lists for n rows: the power of two nearest 4 sqrt(n), at least 16, at most n / 39."""
+    target = 4.0 * math.sqrt(max(n_rows, 1))
+    nlist = 2 ** round(math.log2(target))
+    return int(max(16, min(nlist, max(16, n_rows // 39))))
+
+
+def build_index(spec: IndexSpec, vectors: np.ndarray, *, seed: int = 1234, progress=None) -> faiss.Index | None:
+    """Build the index of one space from its (n, d) float32 unit rows. Returns None for "flat".
+
+    progress: optional callable(str) told about each phase (training, adding).
+    """
+    if spec.kind == "flat":
+        return None
+    n, d = vectors.shape
+    index = faiss.index_factory(d, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.spherical = True  # centroids on the sphere: the right k-means for cosine
+        ivf.cp.seed = seed
+        ivf.cp.max_points_per_centroid = 64
+        if ivf.nlist > n:
+            raise ModelError(f"--index {spec.factory!r} wants {ivf.nlist} lists but the space has only {n} rows")
+    hnsw = _hnsw_of(index)
+    if hnsw is not None and spec.ef_construction:
+        hnsw.hnsw.efConstruction = spec.ef_construction
+    if not index.is_trained:
+        if progress:
+            progress(f"training {spec.factory} on {min(n, 64 * (ivf.nlist if ivf else 1000)):,} rows")
+        rng = np.random.default_rng(seed)
+        limit = 64 * ivf.nlist if ivf is not None else 100_000
+        sample = vectors if n <= limit else vectors[np.sort(rng.choice(n, limit, replace=False))]
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    if progress:
+        progress(f"adding {n:,} rows")
+    step = 100_000
+    for start in range(0, n, step):
+        index.add(np.ascontiguousarray(vectors[start:start + step], dtype=np.float32))
+    return index
+
+
+def _hnsw_of(index: faiss.Index):
+    try:
+        return faiss.downcast_index(index) if isinstance(faiss.downcast_index(index), faiss.IndexHNSW) else None
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Query-time parameters of one space pair; re-tunable without a rebuild.
+
+    ef_search: HNSW efSearch (0 = not an HNSW index). nprobe: IVF lists visited (0 = not IVF).
+    hubs: how many of the pair's hub rows (best first) are scored exactly and merged in (0 = none).
+    """
+
+    ef_search: int = 0
+    nprobe: int = 0
+    hubs: int = 0
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchParams":
+        return cls(**{k: int(v) for k, v in data.items() if k in ("ef_search", "nprobe", "hubs")})
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict()) if self.to_dict() else "{}"
+
+
+class SpaceIndex:
+    """One space ready to search: its (n, d) float32 unit rows, its FAISS index (None = exact only), and the hub
+    rows of each query pair that targets it.
+
+    Thread-safe: parameters travel with each call (FAISS SearchParameters), nothing global is changed.
+    """
+
+    def __init__(self, vectors: np.ndarray, index: faiss.Index | None, hubs: dict[str, np.ndarray] | None = None):
+        self.vectors = vectors
+        self.index = index
+        self.n, self.dim = vectors.shape
+        self._hub_ids: dict[str, np.ndarray] = {}
+        self._hub_vectors: dict[tuple[str, int], np.ndarray] = {}
+        self._ivf = faiss.try_extract_index_ivf(index) if index is not None else None
+        self._is_hnsw = index is not None and _hnsw_of(index) is not None
+        for pair, ids in (hubs or {}).items():
+            self.set_hubs(pair, ids)
+
+    @property
+    def exact_only(self) -> bool:
+        return self.index is None
+
+    def set_hubs(self, pair: str, ids: np.ndarray) -> None:
+        """Hub rows of a pair, best first: (h,) int64 row ids. Prefixes of them are gathered into memory once."""
+        self._hub_ids[pair] = np.asarray(ids, dtype=np.int64)
+        for key in [key for key in self._hub_vectors if key[0] == pair]:
+            del self._hub_vectors[key]
+
+    def hub_count(self, pair: str) -> int:
+        return len(self._hub_ids.get(pair, ()))
+
+    def exact(self, queries: np.ndarray, k: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exhaustive top-k by inner product. queries: (m, d) float32 unit rows. Returns (m, k) float32 scores
+        and (m, k) int64 ids (-1 where fewer than k rows exist). limit: search only rows [0, limit)."""
+        base = self.vectors if not limit or limit >= self.n else self.vectors[:limit]
+        k_eff = min(k, base.shape[0])
+        scores, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), base, k_eff,
+                                metric=faiss.METRIC_INNER_PRODUCT)
+        return _pad(scores, ids, k)
+
+    def search(self, queries: np.ndarray, k: int, params: SearchParams, pair: str = "",
+               limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-k with a pair's parameters. queries: (m, d) float32 unit rows. Returns (m, k) float32
+        cosines and (m, k) int64 ids, best first, -1 padded. limit: search only rows [0, limit) (the most
+        frequent words), exactly when that is small."""
+        if self.index is None or (limit and limit * self.dim <= 4_000_000):
+            return self.exact(queries, k, limit)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        sel = faiss.IDSelectorRange(0, int(limit)) if limit and limit < self.n else None
+        if self._ivf is not None:
+            fp = faiss.SearchParametersIVF(nprobe=max(1, params.nprobe or 1))
+        elif self._is_hnsw:
+            fp = faiss.SearchParametersHNSW(efSearch=max(k, params.ef_search or 16))
+        else:
+            fp = faiss.SearchParameters()
+        if sel is not None:
+            fp.sel = sel
+        scores, ids = self.index.search(queries, k, params=fp)
+        if params.hubs and self._hub_ids.get(pair) is not None and len(self._hub_ids[pair]):
+            scores, ids = self._merge_hubs(queries, k, pair, params.hubs, scores, ids, limit)
+        return scores, ids
+
+    def _merge_hubs(self, queries, k, pair, h, scores, ids, limit):
+        hub_ids = self._hub_ids[pair][:h]
+        hub_vecs = self._hub_prefix_vectors(pair, h)
+        if limit and limit < self.n:
+            keep = hub_ids < limit
+            hub_ids, hub_vecs = hub_ids[keep], hub_vecs[keep]
+        if len(hub_ids) == 0:
+            return scores, ids
+        kk = min(k, len(hub_ids))
+        hs, hi = faiss.knn(queries, hub_vecs, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        hi = hub_ids[hi]
+        all_s = np.concatenate([scores, hs], axis=1)
+        all_i = np.concatenate([ids, hi], axis=1)
+        # drop duplicates (a hub the index also found) and padding, then take the best k
+        all_s = np.where(all_i < 0, -np.inf, all_s)
+        order = np.argsort(-all_s, axis=1, kind="stable")
+        all_s = np.take_along_axis(all_s, order, axis=1)
+        all_i = np.take_along_axis(all_i, order, axis=1)
+        dup = _later_duplicates(all_i)
+        all_s = np.where(dup, -np.inf, all_s)
+        order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
+        out_s = np.take_along_axis(all_s, order, axis=1)
+        out_i = np.take_along_axis(all_i, order, axis=1)
+        out_i = np.where(np.isfinite(out_s), out_i, -1)
+        out_s = np.where(np.isfinite(out_s), out_s, -np.inf).astype(np.float32)
+        return out_s, out_i
+
+    def _hub_prefix_vectors(self, pair: str, h: int) -> np.ndarray:
+        key = (pair, h)
+        if key not in self._hub_vectors:
+            self._hub_vectors[key] = np.ascontiguousarray(self.vectors[self._hub_ids[pair][:h]], dtype=np.float32)
+        return self._hub_vectors[key]
+
+
+def _later_duplicates(ids: np.ndarray) -> np.ndarray:
+    """(m, c) bool: True where the id already appeared earlier in the row (ids sorted best first)."""
+    m, c = ids.shape
+    eq = ids[:, :, None] == ids[:, None, :]          # (m, c, c)
+    earlier = np.tril(np.ones((c, c), dtype=bool), -1)  # [i, j] True when j < i
+    return (eq & earlier[None]).any(axis=2)
+
+
+def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if scores.shape[1] == k:
+        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+    m = scores.shape[0]
+    s = np.full((m, k), -np.inf, np.float32)
+    i = np.full((m, k), -1, np.int64)
+    s[:, :scores.shape[1]] = scores
+    i[:, :ids.shape[1]] = ids
+    return s, i

@@ -1,0 +1,315 @@
+"""The bundle format: the one writer and the one reader, used by the indexer and the server alike.
+
+A bundle is a directory::
+
+    manifest.json          what is inside (format, version, source, spaces, indexes, tuned pairs, checksums)
+    vocab.tsv              one "word<TAB>count" line per row, most frequent first
+    in.vectors.npy         (n, d) float32 L2-normalized IN rows (memory-mappable)
+    in.norms.npy           (n,) float32 norms of the model's IN rows
+    in.index.faiss         the IN space's FAISS index (absent for exact "flat" spaces)
+    out.*                  the same for OUT (absent in an --in-only bundle)
+    hubs.<pair>.npy        (h,) int64 hub rows of a query pair, best first (see dualvec.ann)
+    docfreq.tsv            optional: "token<TAB>document frequency" of the training corpus, for BM25
+
+The writer fills a hidden directory beside the target and renames it into place last: a failed or interrupted
+build leaves nothing at the target. The reader refuses an unknown format version and files whose size or sha256
+differ from the manifest, with a sentence that says which.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from dualvec import __version__
+from dualvec.ann import IndexSpec, SearchParams, SpaceIndex
+from dualvec.errors import BundleError
+from dualvec.spaces import Space, pair_name
+
+FORMAT_NAME = "dualvec-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VOCAB = "vocab.tsv"
+DOCFREQ = "docfreq.tsv"
+
+
+def vectors_file(space: Space) -> str:
+    return f"{space.value}.vectors.npy"
+
+
+def norms_file(space: Space) -> str:
+    return f"{space.value}.norms.npy"
+
+
+def index_file(space: Space) -> str:
+    return f"{space.value}.index.faiss"
+
+
+def hubs_file(pair: str) -> str:
+    return f"hubs.{pair}.npy"
+
+
+def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------- writer
+
+class BundleWriter:
+    """Write a bundle atomically. Use as a context manager::
+
+        with BundleWriter(target, force=False) as w:
+            w.write_vocab(words, counts)
+            w.write_array("in.vectors.npy", unit_rows)
+            ...
+            w.commit(manifest)
+
+    Leaving the block without commit() (an exception, Ctrl-C) removes everything written.
+    """
+
+    def __init__(self, target: str | os.PathLike, *, force: bool = False):
+        self.target = Path(target).absolute()
+        if self.target.exists() and not force:
+            raise BundleError(f"{self.target} already exists; pass --force to replace it")
+        if self.target.exists() and not (self.target / MANIFEST).exists() and any(self.target.iterdir()):
+            raise BundleError(f"{self.target} exists and is not a dualvec bundle; refusing to replace it")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+        self.files: dict[str, dict] = {}
+        self._committed = False
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _record(self, name: str) -> None:
+        path = self.tmp / name
+        self.files[name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+    def write_vocab(self, words: list[str], counts: np.ndarray) -> None:
+        """words: n strings without tab or newline; counts: (n,) int64."""
+        with open(self.tmp / VOCAB, "w", encoding="utf-8", newline="\n") as fh:
+            for word, count in zip(words, counts.tolist()):
+                fh.write(f"{word}\t{count}\n")
+        self._record(VOCAB)
+
+    def write_array(self, name: str, array: np.ndarray) -> None:
+        np.save(self.tmp / name, array, allow_pickle=False)
+        self._record(name)
+
+    def write_index(self, name: str, index: faiss.Index) -> None:
+        faiss.write_index(index, str(self.tmp / name))
+        self._record(name)
+
+    def write_docfreq(self, n_documents: int, frequencies: dict[str, int]) -> None:
+        with open(self.tmp / DOCFREQ, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(f"\t{n_documents}\n")  # first line: empty token, number of documents
+            for token, df in sorted(frequencies.items()):
+                fh.write(f"{token}\t{df}\n")
+        self._record(DOCFREQ)
+
+    def commit(self, manifest: dict) -> Path:
+        """Write the manifest (adding format, version and checksums) and move the bundle into place."""
+        full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dualvec_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **manifest,
+                "files": dict(sorted(self.files.items()))}
+        with open(self.tmp / MANIFEST, "w", encoding="utf-8") as fh:
+            json.dump(full, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        self._committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+
+# ----------------------------------------------------------------------------------------------------------- reader
+
+@dataclass
+class Vocabulary:
+    """Words in row order (most frequent first) with their corpus counts."""
+
+    words: list[str]
+    counts: np.ndarray  # (n,) int64
+    index: dict[str, int] = field(repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            self.index = {w: i for i, w in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def get(self, word: str) -> int | None:
+        return self.index.get(word)
+
+
+@dataclass
+class PairTuning:
+    """Tuned query-time parameters and measured recall@10 of one query pair."""
+
+    params: SearchParams
+    recall_uniform: float | None = None
+    recall_frequency: float | None = None
+
+
+@dataclass
+class Bundle:
+    """A bundle read from disk: vocabulary, per-space unit vectors, norms and searchable indexes."""
+
+    path: Path
+    manifest: dict
+    vocab: Vocabulary
+    vectors: dict[Space, np.ndarray]   # (n, d) float32 unit rows, memory-mapped
+    norms: dict[Space, np.ndarray]     # (n,) float32
+    spaces: dict[Space, SpaceIndex]
+    pairs: dict[str, PairTuning]
+    docfreq: tuple[int, dict[str, int]] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def has_space(self, space: Space) -> bool:
+        return space in self.vectors
+
+    def tuning(self, query: Space, target: Space) -> PairTuning:
+        return self.pairs.get(pair_name(query, target), PairTuning(SearchParams()))
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Read and check a bundle's manifest (format name and version) without loading anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"bundle {path} does not exist")
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a bundle directory (expected a directory with {MANIFEST})")
+    mpath = path / MANIFEST
+    if not mpath.exists():
+        raise BundleError(f"{path} is not a dualvec bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"{mpath} is not a dualvec bundle manifest (format is {manifest.get('format')!r})"
+                          if isinstance(manifest, dict) else f"{mpath} is not a dualvec bundle manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{path} has bundle format version {version}; this dualvec ({__version__}) reads "
+                          f"version {FORMAT_VERSION} only: rebuild it with `dualvec build`")
+    for key in ("vocab_size", "dim", "spaces", "indexes", "files"):
+        if key not in manifest:
+            raise BundleError(f"{mpath} lacks the field {key!r}")
+    return manifest
+
+
+def verify_files(path: Path, manifest: dict, *, checksums: bool = True) -> None:
+    """Check every file the manifest lists: present, of the recorded size, and (checksums=True) of its sha256."""
+    for name, meta in manifest["files"].items():
+        fpath = path / name
+        if not fpath.exists():
+            raise BundleError(f"bundle {path} is incomplete: {name} is missing")
+        size = fpath.stat().st_size
+        if size != meta["bytes"]:
+            raise BundleError(f"bundle {path} is damaged: {name} has {size} bytes, the manifest says {meta['bytes']}")
+        if checksums and sha256_of(fpath) != meta["sha256"]:
+            raise BundleError(f"bundle {path} is damaged: {name} fails its sha256 checksum")
+
+
+def read_vocab(path: Path) -> Vocabulary:
+    words: list[str] = []
+    counts: list[int] = []
+    with open(path, encoding="utf-8", newline="\n") as fh:
+        for lineno, line in enumerate(fh, 1):
+            word, sep, count = line.rstrip("\n").rpartition("\t")
+            if not sep:
+                raise BundleError(f"{path}:{lineno}: expected 'word<TAB>count'")
+            words.append(word)
+            counts.append(int(count))
+    return Vocabulary(words, np.asarray(counts, dtype=np.int64))
+
+
+def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool = True) -> Bundle:
+    """Load a bundle. Vectors are memory-mapped (mmap=True); IVF and flat indexes are mapped too where FAISS
+    can. Raises BundleError naming what is wrong (missing, wrong version, damaged)."""
+    path = Path(path).absolute()
+    manifest = read_manifest(path)
+    verify_files(path, manifest, checksums=checksums)
+    vocab = read_vocab(path / VOCAB)
+    if len(vocab) != manifest["vocab_size"]:
+        raise BundleError(f"bundle {path}: vocab.tsv has {len(vocab)} words, the manifest says "
+                          f"{manifest['vocab_size']}")
+    vectors: dict[Space, np.ndarray] = {}
+    norms: dict[Space, np.ndarray] = {}
+    spaces: dict[Space, SpaceIndex] = {}
+    for name in manifest["spaces"]:
+        space = Space(name)
+        vec = np.load(path / vectors_file(space), mmap_mode="r" if mmap else None, allow_pickle=False)
+        if vec.shape != (manifest["vocab_size"], manifest["dim"]) or vec.dtype != np.float32:
+            raise BundleError(f"bundle {path}: {vectors_file(space)} is {vec.shape} {vec.dtype}, expected "
+                              f"({manifest['vocab_size']}, {manifest['dim']}) float32")
+        vectors[space] = vec
+        norms[space] = np.load(path / norms_file(space), allow_pickle=False)
+        spec = IndexSpec(**manifest["indexes"][name]["spec"])
+        index = None
+        if spec.kind != "flat":
+            ipath = str(path / index_file(space))
+            try:
+                index = faiss.read_index(ipath, faiss.IO_FLAG_MMAP if mmap else 0)
+            except RuntimeError:
+                index = faiss.read_index(ipath)  # index types FAISS cannot map are read into memory
+        spaces[space] = SpaceIndex(vec, index)
+    pairs: dict[str, PairTuning] = {}
+    for pname, entry in manifest.get("pairs", {}).items():
+        params = SearchParams.from_dict(entry.get("params", {}))
+        pairs[pname] = PairTuning(params, entry.get("recall_uniform"), entry.get("recall_frequency"))
+        target = Space(pname.split("-")[1])
+        hub_name = hubs_file(pname)
+        if hub_name in manifest["files"] and target in spaces:
+            spaces[target].set_hubs(pname, np.load(path / hub_name, allow_pickle=False))
+    docfreq = None
+    if DOCFREQ in manifest["files"]:
+        docfreq = read_docfreq(path / DOCFREQ)
+    return Bundle(path, manifest, vocab, vectors, norms, spaces, pairs, docfreq)
+
+
+def read_docfreq(path: Path) -> tuple[int, dict[str, int]]:
+    freqs: dict[str, int] = {}
+    n_docs = 0
+    with open(path, encoding="utf-8", newline="\n") as fh:
+        for lineno, line in enumerate(fh):
+            token, _, df = line.rstrip("\n").rpartition("\t")
+            if lineno == 0:
+                n_docs = int(df)
+            else:
+                freqs[token] = int(df)
+    return n_docs, freqs
+
+
+def bundle_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of every file of the bundle."""
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())

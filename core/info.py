@@ -1,0 +1,61 @@
+"""What `dualvec info` and GetInfo report about a bundle."""
+from __future__ import annotations
+
+from dualvec.bundle import Bundle, bundle_size
+from dualvec.spaces import ALL_PAIRS, pair_name
+
+
+def bundle_summary(bundle: Bundle) -> dict:
+    """A JSON-able summary: vocabulary, dimension, spaces, index per space, tuned recall per pair, sizes."""
+    m = bundle.manifest
+    files = m["files"]
+    spaces = {}
+    for name in m["spaces"]:
+        meta = m["indexes"][name]
+        size = sum(v["bytes"] for f, v in files.items() if f.startswith(f"{name}."))
+        spaces[name] = {"index": meta["description"], "kind": meta["spec"]["kind"],
+                        "build_seconds": meta.get("build_seconds"), "bytes": size}
+    pairs = {}
+    for q, t in ALL_PAIRS:
+        entry = m.get("pairs", {}).get(pair_name(q, t))
+        if entry is not None:
+            pairs[pair_name(q, t)] = {k: entry.get(k) for k in ("params", "recall_uniform", "recall_frequency",
+                                                                 "microseconds_per_query", "exact")
+                                      if entry.get(k) is not None}
+    top = bundle.vocab.words[:8]
+    return {"path": str(bundle.path), "format_version": m["format_version"], "dualvec_version": m["dualvec_version"],
+            "created": m.get("created"), "source": m["source"], "vocab_size": m["vocab_size"], "dim": m["dim"],
+            "spaces": m["spaces"], "has_out": "out" in m["spaces"], "counts_known": m.get("counts_known"),
+            "most_frequent": top, "indexes": spaces, "pairs": pairs, "tokenizer": m.get("tokenizer"),
+            "document_frequencies": "docfreq.tsv" in files, "build": m.get("build"),
+            "bytes": bundle_size(bundle.path)}
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"bundle      {s['path']}",
+             f"format      v{s['format_version']} (dualvec {s['dualvec_version']}, {s['created']})",
+             f"source      {s['source'].get('kind')}: {s['source'].get('path')}",
+             f"vocabulary  {s['vocab_size']:,} words ({', '.join(s['most_frequent'])}, ...)",
+             f"dimension   {s['dim']}",
+             f"spaces      {', '.join(x.upper() for x in s['spaces'])}"
+             + ("" if s["has_out"] else "   (IN only: no OUT space)"),
+             f"size        {_mib(s['bytes'])}"]
+    if s.get("build"):
+        lines.append(f"built in    {s['build']['seconds']:.1f} s, peak memory {s['build']['peak_memory_mib']:,.0f} MiB")
+    lines.append("")
+    lines.append(f"{'space':<6} {'index':<40} {'build s':>8} {'size':>14}")
+    for name, meta in s["indexes"].items():
+        lines.append(f"{name.upper():<6} {meta['index']:<40} {meta['build_seconds'] or 0:>8.1f} "
+                     f"{_mib(meta['bytes']):>14}")
+    lines.append("")
+    lines.append(f"{'pair':<10} {'search params':<34} {'recall@10 uniform':>18} {'by frequency':>13} {'us/query':>9}")
+    for name, p in s["pairs"].items():
+        params = "exact" if p.get("exact") else ", ".join(f"{k}={v}" for k, v in p.get("params", {}).items())
+        us = p.get("microseconds_per_query")
+        lines.append(f"{name.upper().replace('-', '->'):<10} {params:<34} {p.get('recall_uniform', 0):>18.3f} "
+                     f"{p.get('recall_frequency', 0):>13.3f} {'' if us is None else f'{us:.0f}':>9}")
+    return "\n".join(lines)

@@ -1,0 +1,2 @@
+"""The offline indexer: read a model's two spaces, normalize them, build one FAISS index per space, tune each
+query pair against exact search, and write a bundle (dualvec.bundle). Never imports dualvec.server."""

@@ -1,0 +1,182 @@
+"""Turn a model's two spaces into a bundle: normalize, index each space, tune each pair, write atomically."""
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from dualvec.ann import IndexSpec, SearchParams, SpaceIndex, build_index, choose_spec
+from dualvec.bundle import BundleWriter, hubs_file, index_file, norms_file, vectors_file
+from dualvec.errors import ModelError
+from dualvec.indexer.normalize import normalize_rows
+from dualvec.indexer.source_model import SourceModel
+from dualvec.indexer.tuning import (QuerySample, TuningConfig, draw_ids, exact_truth, find_hubs,
+                                    frequency_weights, tune_pair)
+from dualvec.spaces import ALL_PAIRS, Space, pair_name
+from dualvec.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Options of `dualvec build`, fixed once at the edge."""
+
+    index: str = "auto"
+    in_only: bool = False
+    force: bool = False
+    quiet: bool = False
+    tokenizer: str | None = None  # overrides what the source recorded; default "simple"
+    seed: int = 1234
+    threads: int = 0  # FAISS threads while building (0 = all cores)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+
+
+def check_words(words: list[str]) -> None:
+    """Words must be non-empty, unique, and free of tab and newline (the vocabulary file is TSV)."""
+    if not words:
+        raise ModelError("the vocabulary is empty")
+    bad = [w for w in words if not w or "\t" in w or "\n" in w or "\r" in w]
+    if bad:
+        raise ModelError(f"words with tab, newline or nothing in them cannot be stored: "
+                         f"{', '.join(map(repr, bad[:10]))}")
+    if len(set(words)) != len(words):
+        seen, dups = set(), []
+        for w in words:
+            if w in seen:
+                dups.append(w)
+            seen.add(w)
+        raise ModelError(f"duplicate words: {', '.join(map(repr, dups[:10]))}")
+
+
+def peak_memory_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> dict:
+    """Build a bundle from ``source`` at ``target``; return its manifest. Nothing is left at target on failure."""
+    started = time.perf_counter()
+    if cfg.threads:
+        faiss.omp_set_num_threads(cfg.threads)
+    check_words(source.words)
+    if source.out_vectors is None and not cfg.in_only:
+        raise ModelError("the source has no OUT space; pass --in-only to build an IN-only bundle")
+    n, dim = source.in_vectors.shape
+    spaces_raw = {Space.IN: source.in_vectors}
+    if source.out_vectors is not None and not cfg.in_only:
+        spaces_raw[Space.OUT] = source.out_vectors
+    tokenizer = Tokenizer(cfg.tokenizer) if cfg.tokenizer else Tokenizer.from_dict(source.tokenizer)
+    timings: dict[str, float] = {}
+    with BundleWriter(target, force=cfg.force) as writer:
+        writer.write_vocab(source.words, source.counts)
+        units: dict[Space, np.ndarray] = {}
+        indexes: dict[Space, faiss.Index | None] = {}
+        specs: dict[Space, IndexSpec] = {}
+        index_meta: dict[str, dict] = {}
+        for space, raw in spaces_raw.items():
+            t0 = time.perf_counter()
+            with tqdm(total=n, desc=f"normalize {space.value.upper()}", unit="row", disable=cfg.quiet,
+                      leave=False) as bar:
+                unit, norms = normalize_rows(raw, source.words, space.value, progress=bar.update)
+            writer.write_array(vectors_file(space), unit)
+            writer.write_array(norms_file(space), norms)
+            spec = choose_spec(cfg.index, n, dim)
+            log.info("building %s index: %s", space.value.upper(), spec.describe())
+            with tqdm(total=1, desc=f"index {space.value.upper()} ({spec.describe()})", disable=cfg.quiet,
+                      leave=False, bar_format="{desc}: {elapsed}") as bar:
+                index = build_index(spec, unit, seed=cfg.seed,
+                                    progress=lambda msg: bar.set_postfix_str(msg, refresh=True))
+                bar.update(1)
+            if index is not None:
+                writer.write_index(index_file(space), index)
+            units[space], indexes[space], specs[space] = unit, index, spec
+            timings[space.value] = round(time.perf_counter() - t0, 3)
+            index_meta[space.value] = {"spec": {"kind": spec.kind, "factory": spec.factory,
+                                                "ef_construction": spec.ef_construction},
+                                       "description": spec.describe(), "build_seconds": timings[space.value],
+                                       "file": index_file(space) if index is not None else None}
+        t_tune = time.perf_counter()
+        pairs, hub_arrays = tune_all_pairs(source, units, indexes, cfg)
+        for pname, hubs in hub_arrays.items():
+            writer.write_array(hubs_file(pname), hubs)
+        timings["tuning"] = round(time.perf_counter() - t_tune, 3)
+        if source.docfreq is not None:
+            writer.write_docfreq(*source.docfreq)
+        manifest = {
+            "source": source.source,
+            "vocab_size": n,
+            "dim": dim,
+            "spaces": [s.value for s in spaces_raw],
+            "has_out": Space.OUT in spaces_raw,
+            "counts_known": bool(np.any(source.counts)),
+            "indexes": index_meta,
+            "pairs": pairs,
+            "tuning": {"target_recall": cfg.tuning.target_recall, "k": cfg.tuning.k,
+                       "tune_queries": cfg.tuning.tune_queries, "eval_queries": cfg.tuning.eval_queries,
+                       "hub_queries": cfg.tuning.hub_queries, "seed": cfg.tuning.seed},
+            "tokenizer": tokenizer.to_dict(),
+            "build": {"seconds": round(time.perf_counter() - started, 3), "phases": timings,
+                      "peak_memory_mib": round(peak_memory_mib(), 1), "faiss_threads": faiss.omp_get_max_threads(),
+                      "faiss_version": faiss.__version__},
+        }
+        writer.commit(manifest)
+    return manifest
+
+
+def tune_all_pairs(source: SourceModel, units: dict[Space, np.ndarray], indexes: dict[Space, faiss.Index | None],
+                   cfg: BuildConfig) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Tune every pair whose target space has an ANN index; exact spaces get recall 1 by construction."""
+    tc = cfg.tuning
+    n = len(source.words)
+    rng = np.random.default_rng(tc.seed)
+    weights = frequency_weights(source.counts)
+    pairs: dict[str, dict] = {}
+    hub_arrays: dict[str, np.ndarray] = {}
+    samples: dict[Space, dict[str, dict[str, QuerySample]]] = {}
+    for space, unit in units.items():
+        held_u = draw_ids(n, tc.eval_queries, rng)
+        tune_u = draw_ids(n, tc.tune_queries, rng, exclude=held_u)
+        hub_u = draw_ids(n, tc.hub_queries // 2, rng, exclude=np.concatenate([held_u, tune_u]))
+        ids = {"held": {"uniform": held_u, "frequency": draw_ids(n, tc.eval_queries, rng, weights=weights)},
+               "tune": {"uniform": tune_u, "frequency": draw_ids(n, tc.tune_queries, rng, weights=weights)},
+               "hub": {"mixed": np.concatenate([hub_u, draw_ids(n, tc.hub_queries // 2, rng, weights=weights)])}}
+        samples[space] = {role: {d: QuerySample(i, np.ascontiguousarray(unit[i])) for d, i in group.items()}
+                          for role, group in ids.items()}
+    for q, t in ALL_PAIRS:
+        if q not in units or t not in units:
+            continue
+        pname = pair_name(q, t)
+        if indexes[t] is None:
+            pairs[pname] = {"params": {}, "recall_uniform": 1.0, "recall_frequency": 1.0, "exact": True}
+            continue
+        target = SpaceIndex(units[t], indexes[t])
+        log.info("tuning %s: ground truth and hubs", pname.upper())
+        hubs = find_hubs(target, samples[q]["hub"]["mixed"], tc.hub_depth, min(tc.max_hubs, max(1, n // 8)))
+        target.set_hubs(pname, hubs)
+        held = samples[q]["held"]
+        tune = samples[q]["tune"]
+        held_truth = {d: exact_truth(target, s, tc.k) for d, s in held.items()}
+        tune_truth = {d: exact_truth(target, s, tc.k) for d, s in tune.items()}
+        with tqdm(desc=f"tune {pname.upper()}", unit="cfg", disable=cfg.quiet, leave=False) as bar:
+            def report(params: SearchParams, r: float, us: float) -> None:
+                bar.set_postfix_str(f"{params} recall {r:.3f} {us:.0f}us", refresh=False)
+                bar.update(1)
+            result = tune_pair(target, pname, tune, tune_truth, held, held_truth, tc, progress=report)
+        hub_arrays[pname] = hubs  # all of them, so that the pair can be re-tuned without a rebuild
+        pairs[pname] = {"params": result.params.to_dict(), "recall_uniform": round(result.recall_uniform, 4),
+                        "recall_frequency": round(result.recall_frequency, 4),
+                        "reached_target": result.reached_target,
+                        "microseconds_per_query": round(result.microseconds, 1),
+                        "hubs_found": int(len(hubs)), "sweep": result.sweep}
+        if not result.reached_target:
+            log.warning("%s: best recall@%d %.3f / %.3f is below the target %.2f", pname.upper(), tc.k,
+                        result.recall_uniform, result.recall_frequency, tc.target_recall)
+        log.info("%s: %s recall@%d uniform %.3f frequency %.3f, %.0f us/query", pname.upper(), result.params,
+                 tc.k, result.recall_uniform, result.recall_frequency, result.microseconds)
+    return pairs, hub_arrays
