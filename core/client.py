@@ -1,0 +1,180 @@
+"""A typed Python client for a dualvec server::
+
+    from dualvec import Client
+    with Client("127.0.0.1:50051") as c:
+        c.search(["yale"], query_space="in", target_space="out", k=10)   # -> list[Neighbor]
+
+Methods take plain Python arguments and return small dataclasses; a failed call raises ClientError carrying the
+gRPC status code and the server's message.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import grpc
+
+from dualvec.errors import DualvecError
+from dualvec.results import Neighbor, WordVector
+from dualvec.v1 import dualvec_pb2 as pb
+from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+
+_SPACES = {"in": pb.IN, "out": pb.OUT}
+
+
+class ClientError(DualvecError):
+    """A call that failed: ``code`` is the grpc.StatusCode, ``details`` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class DocumentScore:
+    id: str
+    score: float
+    desm: float
+    bm25: float
+    query_words_found: int
+    document_words_found: int
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """ScoreDocuments' answer: scores in request order, and where BM25 document frequencies came from."""
+
+    scores: list[DocumentScore]
+    bm25_document_frequencies: str
+
+
+def _space(name: str) -> int:
+    try:
+        return _SPACES[name.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown space {name!r}: expected 'in' or 'out'") from None
+
+
+def search_request(positive: Sequence[str] = (), negative: Sequence[str] = (), *, vector=None,
+                   query_space: str = "in", target_space: str = "in", k: int = 10,
+                   include_query_words: bool = False, restrict_vocab: int = 0, exact: bool = False,
+                   model: str = "") -> pb.SearchRequest:
+    """A SearchRequest from plain arguments (as Client.search takes them)."""
+    if isinstance(positive, str):
+        positive = [positive]
+    if isinstance(negative, str):
+        negative = [negative]
+    return pb.SearchRequest(positive=list(positive), negative=list(negative),
+                            vector=[] if vector is None else [float(x) for x in vector],
+                            query_space=_space(query_space), target_space=_space(target_space), k=k,
+                            include_query_words=include_query_words, restrict_vocab=restrict_vocab, exact=exact,
+                            model=model)
+
+
+class Client:
+    """Connection to one server. ``timeout``: seconds per call (None = no deadline)."""
+
+    def __init__(self, address: str = "127.0.0.1:50051", *, timeout: float | None = 10.0, model: str = "",
+                 channel: grpc.Channel | None = None):
+        self.address = address
+        self.timeout = timeout
+        self.model = model
+        self._channel = channel or grpc.insecure_channel(address)
+        self._stub = pb_grpc.DualVecStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _invoke(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details() or "") from None
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects (raises ClientError on timeout)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ClientError(grpc.StatusCode.UNAVAILABLE, f"no server answered at {self.address} within "
+                              f"{timeout:g} s") from None
+
+    # ----------------------------------------------------------------------------------------------------- calls
+    def search(self, positive: Sequence[str] | str = (), negative: Sequence[str] | str = (), *, vector=None,
+               query_space: str = "in", target_space: str = "in", k: int = 10, include_query_words: bool = False,
+               restrict_vocab: int = 0, exact: bool = False, model: str | None = None) -> list[Neighbor]:
+        """Top-k neighbours, gensim most_similar semantics; spaces are 'in' or 'out'."""
+        req = search_request(positive, negative, vector=vector, query_space=query_space, target_space=target_space,
+                             k=k, include_query_words=include_query_words, restrict_vocab=restrict_vocab,
+                             exact=exact, model=self.model if model is None else model)
+        resp = self._invoke(self._stub.Search, req)
+        return [Neighbor(n.word, n.id, n.score) for n in resp.neighbors]
+
+    def batch_search(self, queries: Iterable[dict]) -> list[list[Neighbor]]:
+        """Several searches in one call; each dict holds Client.search's keyword arguments."""
+        reqs = []
+        for q in queries:
+            q = dict(q)
+            q.setdefault("model", self.model)
+            reqs.append(search_request(q.pop("positive", ()), q.pop("negative", ()), **q))
+        resp = self._invoke(self._stub.BatchSearch, pb.BatchSearchRequest(requests=reqs))
+        return [[Neighbor(n.word, n.id, n.score) for n in r.neighbors] for r in resp.responses]
+
+    def get_vectors(self, words: Sequence[str], space: str = "in", *, raw: bool = False,
+                    model: str | None = None) -> list[WordVector]:
+        resp = self._invoke(self._stub.GetVectors, pb.GetVectorsRequest(
+            words=list(words), space=_space(space), raw=raw, model=self.model if model is None else model))
+        return [WordVector(v.word, v.id, tuple(v.vector), tuple(v.raw_vector) if raw else None, v.norm, v.count)
+                for v in resp.vectors]
+
+    def similarity(self, pairs: Sequence[tuple[tuple[str, str], tuple[str, str]]], *,
+                   model: str | None = None) -> list[float]:
+        """Cosines of ((word, space), (word, space)) pairs."""
+        req = pb.SimilarityRequest(pairs=[pb.WordPair(a=pb.SpacedWord(word=a[0], space=_space(a[1])),
+                                                      b=pb.SpacedWord(word=b[0], space=_space(b[1])))
+                                          for a, b in pairs], model=self.model if model is None else model)
+        return list(self._invoke(self._stub.Similarity, req).similarities)
+
+    def score_documents(self, query: str = "", *, query_tokens: Sequence[str] | None = None,
+                        documents: Sequence[dict], query_space: str = "in", document_space: str = "out",
+                        bm25_weight: float = 0.0, model: str | None = None) -> ScoreResult:
+        """DESM (and BM25 mixture) scores of documents (dicts with id and text or tokens), in request order."""
+        docs = [pb.Document(id=str(d.get("id", i)), text=d.get("text", "") or "", tokens=list(d.get("tokens") or ()))
+                for i, d in enumerate(documents)]
+        req = pb.ScoreDocumentsRequest(query=query, query_tokens=list(query_tokens or ()), documents=docs,
+                                       query_space=_space(query_space), document_space=_space(document_space),
+                                       bm25_weight=bm25_weight, model=self.model if model is None else model)
+        resp = self._invoke(self._stub.ScoreDocuments, req)
+        return ScoreResult([DocumentScore(s.id, s.score, s.desm, s.bm25, s.query_words_found,
+                                          s.document_words_found) for s in resp.scores],
+                           resp.bm25_document_frequencies)
+
+    def info(self, model: str | None = None) -> dict:
+        """What the served bundle holds, as a dict."""
+        from google.protobuf.json_format import MessageToDict
+
+        resp = self._invoke(self._stub.GetInfo, pb.GetInfoRequest(model=self.model if model is None else model))
+        out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        for p in out.get("pairs", []):
+            p["search_params"] = json.loads(p.get("search_params") or "{}")
+        out["tokenizer"] = json.loads(out.get("tokenizer") or "{}")
+        return out
+
+    def health(self, service: str = "") -> str:
+        """The health status name (SERVING, NOT_SERVING, ...)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details() or "") from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

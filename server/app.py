@@ -1,0 +1,132 @@
+"""Building, starting and stopping the gRPC server.
+
+``start_server`` returns a running server and the port it bound (port 0 picks a free one: tests use that).
+Health turns SERVING only once the bundles are loaded and the port is bound; on SIGTERM or SIGINT health turns
+NOT_SERVING first, new calls are refused, and in-flight calls get a grace period before the process exits 0.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dualvec.bundle import read_bundle
+from dualvec.errors import DualvecError
+from dualvec.server.search import Limits, SearchEngine
+from dualvec.server.servicer import DualVecServicer
+from dualvec.v1 import dualvec_pb2 as pb
+from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+
+log = logging.getLogger("dualvec.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DualVec"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Options of `dualvec serve`, fixed at start."""
+
+    bundles: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_k: int = 1000
+    max_batch: int = 1024
+    workers: int = 16
+    max_queue: int = 256       # calls admitted at once (running or waiting for a worker); more: RESOURCE_EXHAUSTED
+    checksums: bool = True
+    grace_seconds: float = 5.0
+    faiss_threads: int = 1     # per search call: one query with many OpenMP threads is slower than with one
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    servicer: DualVecServicer
+    address: str
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
+    """Read each bundle (memory-mapped) and name it by its directory name (made unique)."""
+    limits = Limits(max_k=cfg.max_k, max_batch=cfg.max_batch)
+    engines: dict[str, SearchEngine] = {}
+    for path in cfg.bundles:
+        name = Path(path).name
+        base, i = name, 2
+        while name in engines:
+            name, i = f"{base}-{i}", i + 1
+        started = time.perf_counter()
+        bundle = read_bundle(path, checksums=cfg.checksums)
+        engines[name] = SearchEngine(bundle, limits)
+        log.info("loaded bundle %s as %r: %d words x %d dims, spaces %s (%.1f s)", bundle.path, name,
+                 bundle.vocab_size, bundle.dim, ",".join(s.upper() for s in bundle.manifest["spaces"]),
+                 time.perf_counter() - started)
+    return engines
+
+
+def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig) -> RunningServer:
+    """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound."""
+    faiss.omp_set_num_threads(max(1, cfg.faiss_threads))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="dualvec-rpc"),
+                         maximum_concurrent_rpcs=cfg.max_queue,
+                         options=[("grpc.max_receive_message_length", 64 << 20),
+                                  ("grpc.max_send_message_length", 64 << 20),
+                                  ("grpc.so_reuseport", 0)])
+    servicer = DualVecServicer(engines)
+    pb_grpc.add_DualVecServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{cfg.host}:{cfg.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise DualvecError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise DualvecError(f"cannot listen on {address} (in use, or not an address of this machine)")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    bound = f"{cfg.host}:{port}"
+    return RunningServer(server, port, health_servicer, servicer, bound)
+
+
+def serve_forever(cfg: ServerConfig) -> int:
+    """`dualvec serve`: load, serve until SIGTERM/SIGINT, drain, exit 0."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    engines = load_engines(cfg)
+    running = start_server(engines, cfg)
+    log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d)",
+             ", ".join(engines), running.address, cfg.max_k, cfg.workers, cfg.max_queue)
+    while not stop.wait(0.5):
+        pass
+    name = signal.Signals(received[0]).name if received else "signal"
+    log.info("%s received: NOT_SERVING, draining in-flight calls (grace %.1f s)", name, cfg.grace_seconds)
+    running.stop(cfg.grace_seconds)
+    log.info("stopped serving on %s", running.address)
+    return 0

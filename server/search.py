@@ -1,0 +1,223 @@
+"""The search core: gensim ``most_similar`` semantics across the four space pairs, in plain Python + FAISS.
+
+Knows nothing of gRPC. Validates every query (raising dualvec.errors exceptions that name the field, the word
+or the limit), turns words into one normalized query vector, searches the target space's index with the pair's
+tuned parameters (or exactly), and leaves the query words out of the results unless asked.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from dualvec.bundle import Bundle
+from dualvec.errors import InvalidArgument, SpaceUnavailable, UnknownWords
+from dualvec.results import Neighbor, WordVector
+from dualvec.spaces import Space, pair_name
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server limits, fixed at start."""
+
+    max_k: int = 1000
+    max_batch: int = 1024
+    max_words: int = 1000  # query words per request, and words per GetVectors / pairs per Similarity
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One top-k query. ``vector`` is an optional raw (d,) query vector instead of words."""
+
+    positive: tuple[str, ...] = ()
+    negative: tuple[str, ...] = ()
+    vector: tuple[float, ...] | np.ndarray | None = None
+    query_space: Space = Space.IN
+    target_space: Space = Space.IN
+    k: int = 10
+    include_query_words: bool = False
+    restrict_vocab: int = 0
+    exact: bool = False
+
+
+@dataclass
+class PreparedQuery:
+    """A validated query: its (d,) float32 unit vector and what to search."""
+
+    vector: np.ndarray
+    target: Space
+    pair: str
+    k: int
+    exclude: frozenset[int]
+    limit: int | None
+    exact: bool
+
+    @property
+    def fetch(self) -> int:
+        return self.k + len(self.exclude)
+
+
+@dataclass
+class SearchEngine:
+    """Answers queries on one bundle. Thread-safe (nothing is mutated after construction)."""
+
+    bundle: Bundle
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        # gather each pair's tuned hub rows once, so that no request pays for it
+        for pname, tuning in self.bundle.pairs.items():
+            target = Space(pname.split("-")[1])
+            if tuning.params.hubs and target in self.bundle.spaces:
+                self.bundle.spaces[target]._hub_prefix_vectors(pname, tuning.params.hubs)
+
+    # ------------------------------------------------------------------------------------------------ validation
+    def require_space(self, space: Space, field_name: str) -> None:
+        if not self.bundle.has_space(space):
+            raise SpaceUnavailable(f"{field_name}: this bundle has no {space.value.upper()} space (it was built "
+                                   f"with --in-only from a model without an output matrix)")
+
+    def word_ids(self, words: Sequence[str], space: Space) -> list[int]:
+        """Vocabulary rows of words; raises UnknownWords naming every missing one."""
+        index = self.bundle.vocab.index
+        ids = [index.get(w) for w in words]
+        missing = [w for w, i in zip(words, ids) if i is None]
+        if missing:
+            raise UnknownWords(list(dict.fromkeys(missing)), space.value)
+        return ids  # type: ignore[return-value]
+
+    def prepare(self, q: SearchQuery, field_prefix: str = "") -> PreparedQuery:
+        """Validate a query and build its unit vector."""
+        f = field_prefix
+        self.require_space(q.query_space, f + "query_space")
+        self.require_space(q.target_space, f + "target_space")
+        k = q.k or 10
+        if k < 0:
+            raise InvalidArgument(f + "k", f"must be positive, got {k}")
+        if k > self.limits.max_k:
+            raise InvalidArgument(f + "k", f"{k} is above this server's limit of {self.limits.max_k}")
+        if q.restrict_vocab < 0:
+            raise InvalidArgument(f + "restrict_vocab", f"must be >= 0, got {q.restrict_vocab}")
+        has_vector = q.vector is not None and len(q.vector) > 0
+        has_words = bool(q.positive or q.negative)
+        if has_vector and has_words:
+            raise InvalidArgument(f + "vector", "give either query words (positive/negative) or a vector, not both")
+        if not has_vector and not has_words:
+            raise InvalidArgument(f + "positive", "empty query: give at least one positive or negative word, "
+                                  "or a vector")
+        if len(q.positive) + len(q.negative) > self.limits.max_words:
+            raise InvalidArgument(f + "positive", f"{len(q.positive) + len(q.negative)} query words, above the "
+                                  f"limit of {self.limits.max_words}")
+        dim = self.bundle.dim
+        exclude: frozenset[int] = frozenset()
+        if has_vector:
+            vec = np.asarray(q.vector, dtype=np.float32)
+            if vec.ndim != 1 or vec.shape[0] != dim:
+                raise InvalidArgument(f + "vector", f"has {vec.size} values; this model's dimension is {dim}")
+            if not np.isfinite(vec).all():
+                raise InvalidArgument(f + "vector", "contains NaN or infinite values")
+            norm = float(np.linalg.norm(vec))
+            if not norm > 0:
+                raise InvalidArgument(f + "vector", "is all zeros: it has no direction to search")
+            unit = vec / norm
+        else:
+            ids = self.word_ids([*q.positive, *q.negative], q.query_space)  # names every missing word
+            pos, neg = ids[:len(q.positive)], ids[len(q.positive):]
+            rows = np.asarray(self.bundle.vectors[q.query_space][pos + neg], dtype=np.float32)
+            weights = np.concatenate([np.ones(len(pos), np.float32), -np.ones(len(neg), np.float32)])
+            mean = (rows * weights[:, None]).mean(axis=0)
+            norm = float(np.linalg.norm(mean))
+            if not norm > 1e-12:
+                raise InvalidArgument(f + "negative", "the query words cancel out: their mean vector is zero")
+            unit = mean / norm
+            if not q.include_query_words:
+                exclude = frozenset(pos + neg)
+        n = self.bundle.vocab_size
+        limit = q.restrict_vocab if 0 < q.restrict_vocab < n else None
+        return PreparedQuery(np.ascontiguousarray(unit, dtype=np.float32), q.target_space,
+                             pair_name(q.query_space, q.target_space), min(k, n), exclude, limit, q.exact)
+
+    # ---------------------------------------------------------------------------------------------------- search
+    def search(self, q: SearchQuery) -> list[Neighbor]:
+        """Top-k neighbours of one query, best first."""
+        return self.search_prepared([self.prepare(q)])[0]
+
+    def search_many(self, queries: Sequence[SearchQuery], field_name: str = "requests") -> list[list[Neighbor]]:
+        """Each query answered as search() would, in order; validated first (the first bad one raises with its
+        position in the field name), then searched with one FAISS call per group of alike queries."""
+        if len(queries) > self.limits.max_batch:
+            raise InvalidArgument(field_name, f"{len(queries)} requests, above this server's limit of "
+                                  f"{self.limits.max_batch}")
+        prepared = [self.prepare(q, f"{field_name}[{i}].") for i, q in enumerate(queries)]
+        return self.search_prepared(prepared)
+
+    def search_prepared(self, prepared: Sequence[PreparedQuery]) -> list[list[Neighbor]]:
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(prepared):
+            groups[(p.target, p.pair, p.exact, p.limit)].append(i)
+        results: list[list[Neighbor]] = [[] for _ in prepared]
+        words = self.bundle.vocab.words
+        for (target, pair, exact, limit), members in groups.items():
+            space_index = self.bundle.spaces[target]
+            fetch = max(prepared[i].fetch for i in members)
+            vectors = np.stack([prepared[i].vector for i in members]) if len(members) > 1 else \
+                prepared[members[0]].vector[None, :]
+            if exact:
+                scores, ids = space_index.exact(vectors, fetch, limit)
+            else:
+                params = self.bundle.tuning(Space(pair.split("-")[0]), target).params
+                scores, ids = space_index.search(vectors, fetch, params, pair, limit)
+            for row, i in enumerate(members):
+                p = prepared[i]
+                out: list[Neighbor] = []
+                for s, j in zip(scores[row].tolist(), ids[row].tolist()):
+                    if j < 0 or j in p.exclude:
+                        continue
+                    out.append(Neighbor(words[j], j, s))
+                    if len(out) == p.k:
+                        break
+                results[i] = out
+        return results
+
+    # -------------------------------------------------------------------------------------------- vectors & cos
+    def get_vectors(self, words: Sequence[str], space: Space, raw: bool = False) -> list[WordVector]:
+        """Unit vectors (and the model's raw vectors when asked) of words in one space, in order."""
+        self.require_space(space, "space")
+        if not words:
+            raise InvalidArgument("words", "empty: give at least one word")
+        if len(words) > self.limits.max_words:
+            raise InvalidArgument("words", f"{len(words)} words, above the limit of {self.limits.max_words}")
+        ids = self.word_ids(words, space)
+        unit = np.asarray(self.bundle.vectors[space][ids], dtype=np.float32)
+        norms = self.bundle.norms[space][ids]
+        counts = self.bundle.vocab.counts[ids]
+        out = []
+        for w, i, u, nrm, c in zip(words, ids, unit, norms.tolist(), counts.tolist()):
+            rawv = tuple((u * np.float32(nrm)).tolist()) if raw else None
+            out.append(WordVector(w, i, tuple(u.tolist()), rawv, float(nrm), int(c)))
+        return out
+
+    def similarity(self, pairs: Sequence[tuple[tuple[str, Space], tuple[str, Space]]]) -> list[float]:
+        """Cosine of each ((word, space), (word, space)) pair, in order."""
+        if not pairs:
+            raise InvalidArgument("pairs", "empty: give at least one pair")
+        if len(pairs) > self.limits.max_words:
+            raise InvalidArgument("pairs", f"{len(pairs)} pairs, above the limit of {self.limits.max_words}")
+        missing = []
+        for (wa, sa), (wb, sb) in pairs:
+            for i, (w, s) in enumerate(((wa, sa), (wb, sb))):
+                self.require_space(s, "pairs.a.space" if i == 0 else "pairs.b.space")
+                if w not in self.bundle.vocab.index:
+                    missing.append(w)
+        if missing:
+            raise UnknownWords(list(dict.fromkeys(missing)))
+        index = self.bundle.vocab.index
+        out = []
+        for (wa, sa), (wb, sb) in pairs:
+            a = np.asarray(self.bundle.vectors[sa][index[wa]], dtype=np.float32)
+            b = np.asarray(self.bundle.vectors[sb][index[wb]], dtype=np.float32)
+            out.append(float(np.dot(a, b)))
+        return out
+

@@ -1,0 +1,188 @@
+"""The gRPC servicer: translates protobuf messages to core calls and back, and domain errors to status codes
+(through dualvec.server.status_codes). No search logic lives here."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, Mapping
+
+import grpc
+import numpy as np
+
+from dualvec.errors import DeadlineExpired, DualvecError, InvalidArgument, UnknownModel
+from dualvec.server.search import SearchEngine, SearchQuery
+from dualvec.server.status_codes import status_for
+from dualvec.spaces import ALL_PAIRS, Space, pair_name
+from dualvec.tokenizer import Tokenizer
+from dualvec.v1 import dualvec_pb2 as pb
+from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SPACE_FROM_PB = {pb.IN: Space.IN, pb.OUT: Space.OUT}
+SPACE_TO_PB = {Space.IN: pb.IN, Space.OUT: pb.OUT}
+
+
+def space_of(value: int, field: str, default: Space = Space.IN) -> Space:
+    if value == pb.SPACE_UNSPECIFIED:
+        return default
+    try:
+        return SPACE_FROM_PB[value]
+    except KeyError:
+        raise InvalidArgument(field, f"unknown Space value {value}; expected IN (1) or OUT (2)") from None
+
+
+def query_from_pb(req: pb.SearchRequest, prefix: str = "") -> SearchQuery:
+    vector = np.array(req.vector, dtype=np.float32) if len(req.vector) else None
+    return SearchQuery(positive=tuple(req.positive), negative=tuple(req.negative), vector=vector,
+                       query_space=space_of(req.query_space, prefix + "query_space"),
+                       target_space=space_of(req.target_space, prefix + "target_space"), k=req.k,
+                       include_query_words=req.include_query_words, restrict_vocab=req.restrict_vocab,
+                       exact=req.exact)
+
+
+def response_from(neighbors) -> pb.SearchResponse:
+    return pb.SearchResponse(neighbors=[pb.Neighbor(word=n.word, id=n.id, score=n.score) for n in neighbors])
+
+
+class DualVecServicer(pb_grpc.DualVecServicer):
+    """Serves one or more named search engines; the first is the default (model = "")."""
+
+    def __init__(self, engines: Mapping[str, SearchEngine], desm_limits=None):
+        if not engines:
+            raise ValueError("no bundle to serve")
+        self.engines = dict(engines)
+        self.default = next(iter(self.engines))
+        self.desm_limits = desm_limits
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+    def engine(self, name: str) -> SearchEngine:
+        if not name:
+            return self.engines[self.default]
+        try:
+            return self.engines[name]
+        except KeyError:
+            raise UnknownModel(f"model: no bundle named {name!r} is served here (served: "
+                               f"{', '.join(self.engines)})") from None
+
+    def _call(self, context: grpc.ServicerContext, work: Callable[[], object]):
+        remaining = context.time_remaining()
+        try:
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExpired("the call's deadline passed before the server could start it")
+            return work()
+        except DualvecError as exc:
+            code, message = status_for(exc), str(exc)
+        except Exception:  # a bug: log it whole, tell the caller little
+            log.exception("internal error")
+            code, message = grpc.StatusCode.INTERNAL, "internal error (logged by the server)"
+        context.abort(code, message)
+
+    # ----------------------------------------------------------------------------------------------------- rpcs
+    def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
+        def work():
+            engine = self.engine(request.model)
+            return response_from(engine.search(query_from_pb(request)))
+        return self._call(context, work)
+
+    def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
+        def work():
+            reqs = request.requests
+            if not reqs:
+                raise InvalidArgument("requests", "empty batch: give at least one request")
+            by_model: dict[str, list[int]] = {}
+            for i, r in enumerate(reqs):
+                by_model.setdefault(r.model, []).append(i)
+            out: list[pb.SearchResponse | None] = [None] * len(reqs)
+            for name, members in by_model.items():
+                engine = self.engine(name)
+                queries = [query_from_pb(reqs[i], f"requests[{i}].") for i in members]
+                if len(reqs) > engine.limits.max_batch:
+                    raise InvalidArgument("requests", f"{len(reqs)} requests, above this server's limit of "
+                                          f"{engine.limits.max_batch}")
+                prepared = [engine.prepare(q, f"requests[{i}].") for q, i in zip(queries, members)]
+                for i, res in zip(members, engine.search_prepared(prepared)):
+                    out[i] = response_from(res)
+            return pb.BatchSearchResponse(responses=out)
+        return self._call(context, work)
+
+    def GetVectors(self, request: pb.GetVectorsRequest, context) -> pb.GetVectorsResponse:
+        def work():
+            engine = self.engine(request.model)
+            vecs = engine.get_vectors(list(request.words), space_of(request.space, "space"), raw=request.raw)
+            return pb.GetVectorsResponse(vectors=[
+                pb.WordVector(word=v.word, id=v.id, vector=v.vector, raw_vector=v.raw or (), norm=v.norm,
+                              count=v.count) for v in vecs])
+        return self._call(context, work)
+
+    def Similarity(self, request: pb.SimilarityRequest, context) -> pb.SimilarityResponse:
+        def work():
+            engine = self.engine(request.model)
+            pairs = [((p.a.word, space_of(p.a.space, f"pairs[{i}].a.space")),
+                      (p.b.word, space_of(p.b.space, f"pairs[{i}].b.space"))) for i, p in enumerate(request.pairs)]
+            return pb.SimilarityResponse(similarities=engine.similarity(pairs))
+        return self._call(context, work)
+
+    def ScoreDocuments(self, request: pb.ScoreDocumentsRequest, context) -> pb.ScoreDocumentsResponse:
+        def work():
+            from dualvec.server.desm import DesmLimits, DocumentInput, score_documents
+
+            engine = self.engine(request.model)
+            bundle = engine.bundle
+            tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))
+            query_tokens = list(request.query_tokens) if len(request.query_tokens) else tokenizer(request.query)
+            if not query_tokens:
+                raise InvalidArgument("query", "empty query: give query text or query_tokens")
+            docs = [DocumentInput(d.id, tuple(d.tokens) if len(d.tokens) else tuple(tokenizer(d.text)))
+                    for d in request.documents]
+            scores, source = score_documents(
+                bundle, query_tokens, docs, query_space=space_of(request.query_space, "query_space"),
+                document_space=space_of(request.document_space, "document_space", Space.OUT),
+                bm25_weight=request.bm25_weight, limits=self.desm_limits or DesmLimits())
+            return pb.ScoreDocumentsResponse(
+                scores=[pb.DocumentScore(id=s.id, score=s.score, query_words_found=s.query_words_found,
+                                         document_words_found=s.document_words_found, desm=s.desm, bm25=s.bm25)
+                        for s in scores], bm25_document_frequencies=source)
+        return self._call(context, work)
+
+    def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.ModelInfo:
+        def work():
+            name = request.model or self.default
+            return model_info(name, self.engine(request.model), list(self.engines), self.desm_limits)
+        return self._call(context, work)
+
+
+def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits=None) -> pb.ModelInfo:
+    m = engine.bundle.manifest
+    indexes = []
+    for sname in m["spaces"]:
+        meta = m["indexes"][sname]
+        size = sum(v["bytes"] for f, v in m["files"].items() if f.startswith(f"{sname}."))
+        indexes.append(pb.SpaceIndexInfo(space=SPACE_TO_PB[Space(sname)], kind=meta["spec"]["kind"],
+                                         description=meta["description"], bytes=size))
+    pairs = []
+    for q, t in ALL_PAIRS:
+        entry = m.get("pairs", {}).get(pair_name(q, t))
+        if entry is None:
+            continue
+        pairs.append(pb.PairInfo(query_space=SPACE_TO_PB[q], target_space=SPACE_TO_PB[t],
+                                 search_params=json.dumps(entry.get("params", {})),
+                                 recall_uniform=entry.get("recall_uniform") or 0.0,
+                                 recall_frequency=entry.get("recall_frequency") or 0.0))
+    src = m.get("source", {})
+    limits = engine.limits
+    max_docs = getattr(desm_limits, "max_documents", 0) if desm_limits else 0
+    max_tokens = getattr(desm_limits, "max_document_tokens", 0) if desm_limits else 0
+    if desm_limits is None:
+        try:
+            from dualvec.server.desm import DesmLimits
+            max_docs, max_tokens = DesmLimits().max_documents, DesmLimits().max_document_tokens
+        except ImportError:
+            pass
+    return pb.ModelInfo(model=name, vocab_size=m["vocab_size"], dim=m["dim"],
+                        spaces=[SPACE_TO_PB[Space(s)] for s in m["spaces"]], indexes=indexes, pairs=pairs,
+                        format_version=m["format_version"], dualvec_version=m["dualvec_version"],
+                        source=f"{src.get('kind', '')}: {src.get('path', '')}", source_sha256=src.get("sha256", ""),
+                        tokenizer=json.dumps(m.get("tokenizer", {})), max_k=limits.max_k,
+                        max_batch=limits.max_batch, max_documents=max_docs, max_document_tokens=max_tokens,
+                        models=served, has_document_frequencies=engine.bundle.docfreq is not None)
