@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("query", parents=[common], help="top-k neighbours from a running server")
     p.add_argument("words", nargs="+", metavar="WORD", help="positive words; prefix with - to subtract (-man)")
+    p.add_argument("--negative", action="append", default=[], metavar="WORD",
+                   help="a word to subtract (same as writing -WORD)")
     p.add_argument("--from", dest="query_space", default="in", choices=("in", "out"), help="query space (in)")
     p.add_argument("--to", dest="target_space", default="in", choices=("in", "out"), help="searched space (in)")
     p.add_argument("-k", type=int, default=10, help="neighbours (10)")
@@ -220,9 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUERY_OPTIONS = {"-k", "-q", "-h"}
+
+
+def negatives_as_options(argv: list[str]) -> list[str]:
+    """`dualvec query king -man woman`: a word after a single dash is a negative word, not an option."""
+    if not argv or argv[0] != "query":
+        return argv
+    out: list[str] = []
+    negatives: list[str] = []  # moved to the end, so that the words around them stay one positional run
+    for n, tok in enumerate(argv):
+        if tok == "--":  # after it, split_words reads -WORD as a negative word itself
+            return out + negatives + argv[n:]
+        if len(tok) > 1 and tok[0] == "-" and tok[1] != "-" and tok not in QUERY_OPTIONS and not tok[1:].lstrip(
+                ".").replace(".", "", 1).isdigit():
+            negatives.append(f"--negative={tok[1:]}")
+        else:
+            out.append(tok)
+    return out + negatives
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(negatives_as_options(list(sys.argv[1:] if argv is None else argv)))
     debug = getattr(args, "debug", False)
     logging.basicConfig(level=logging.DEBUG if debug else (logging.WARNING if getattr(args, "quiet", False)
                                                            else logging.INFO),

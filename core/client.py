@@ -166,6 +166,10 @@ class Client:
         for p in out.get("pairs", []):
             p["search_params"] = json.loads(p.get("search_params") or "{}")
         out["tokenizer"] = json.loads(out.get("tokenizer") or "{}")
+        # proto3 JSON writes 64-bit integers as strings; a Python caller wants numbers
+        out["vocab_size"] = int(out.get("vocab_size") or 0)
+        for ix in out.get("indexes", []):
+            ix["bytes"] = int(ix.get("bytes") or 0)
         return out
 
     def health(self, service: str = "") -> str:

@@ -118,10 +118,11 @@ class SearchEngine:
                 raise InvalidArgument(f + "vector", f"has {vec.size} values; this model's dimension is {dim}")
             if not np.isfinite(vec).all():
                 raise InvalidArgument(f + "vector", "contains NaN or infinite values")
-            norm = float(np.linalg.norm(vec))
+            vec64 = vec.astype(np.float64)  # float32 squares overflow (|x| > ~1e19) or vanish (|x| < ~1e-19)
+            norm = float(np.linalg.norm(vec64))
             if not norm > 0:
                 raise InvalidArgument(f + "vector", "is all zeros: it has no direction to search")
-            unit = vec / norm
+            unit = vec64 / norm
         else:
             ids = self.word_ids([*q.positive, *q.negative], q.query_space)  # names every missing word
             pos, neg = ids[:len(q.positive)], ids[len(q.positive):]
@@ -169,6 +170,14 @@ class SearchEngine:
             else:
                 params = self.bundle.tuning(Space(pair.split("-")[0]), target).params
                 scores, ids = space_index.search(vectors, fetch, params, pair, limit)
+                # an approximate index can return fewer rows than asked (the IVF lists visited held too few):
+                # such queries are answered exactly, so that k neighbours come back whenever the vocabulary has them
+                rows = limit or space_index.n
+                found = (ids >= 0).sum(axis=1)
+                short = [row for row, i in enumerate(members) if found[row] < min(prepared[i].fetch, rows)]
+                if short:
+                    scores, ids = np.array(scores), np.array(ids)
+                    scores[short], ids[short] = space_index.exact(vectors[short], fetch, limit)
             for row, i in enumerate(members):
                 p = prepared[i]
                 out: list[Neighbor] = []
@@ -206,9 +215,9 @@ class SearchEngine:
         if len(pairs) > self.limits.max_words:
             raise InvalidArgument("pairs", f"{len(pairs)} pairs, above the limit of {self.limits.max_words}")
         missing = []
-        for (wa, sa), (wb, sb) in pairs:
-            for i, (w, s) in enumerate(((wa, sa), (wb, sb))):
-                self.require_space(s, "pairs.a.space" if i == 0 else "pairs.b.space")
+        for n, ((wa, sa), (wb, sb)) in enumerate(pairs):
+            for side, (w, s) in zip("ab", ((wa, sa), (wb, sb))):
+                self.require_space(s, f"pairs[{n}].{side}.space")
                 if w not in self.bundle.vocab.index:
                     missing.append(w)
         if missing:
