@@ -1,0 +1,325 @@
+"""Reporting for scripts/bench.py: the targets of DESIGN.md section 3 judged against a result, the one printed
+table, the JSON file and the recall-vs-latency plot. Reads the result dict bench.py assembles; measures nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+PAIR_LABEL = {"in-in": "IN->IN", "in-out": "IN->OUT", "out-in": "OUT->IN", "out-out": "OUT->OUT"}
+PAIR_COLOR = {"in-in": "tab:blue", "in-out": "tab:red", "out-in": "tab:green", "out-out": "tab:purple"}
+DISTS = ("uniform", "frequency")
+
+# DESIGN.md section 3 (defined at 1M words x 300 dims, top-10, one query at a time through gRPC)
+TARGET_RECALL = 0.95
+TARGET_P50_US = 1000.0
+TARGET_P99_US = 5000.0
+TARGET_GENSIM_SPEEDUP = 100.0
+TARGET_THROUGHPUT_RATIO = 0.5
+TARGET_BUILD_SECONDS = 15 * 60
+
+
+# ---------------------------------------------------------------------------------------------------------- targets
+
+def judge_targets(r: dict) -> list[dict]:
+    """One row per target of DESIGN.md section 3: what was measured, and met (True / False / None = not measured)."""
+    rows = []
+    search = r.get("search")
+    if search:
+        served = "grpc" if search.get("grpc") else "inprocess"
+        worst = {d: min(search[served]["recall"][p][d] for p in search[served]["recall"]) for d in DISTS}
+        detail = ", ".join(f"{PAIR_LABEL[p]} {v['uniform']:.3f}/{v['frequency']:.3f}"
+                           for p, v in search[served]["recall"].items())
+        rows.append(_row("recall@10 >= 0.95 on all 4 pairs, uniform and by-frequency queries",
+                         f"worst {min(worst.values()):.3f} ({'served, gRPC' if served == 'grpc' else 'in-process'}:"
+                         f" {detail})", min(worst.values()) >= TARGET_RECALL, search["command"]))
+        if search.get("grpc"):
+            lat = search["grpc"]["latency_us"]["all"]
+            rows.append(_row("gRPC single-query p50 <= 1 ms", f"{lat['p50'] / 1000:.3f} ms",
+                             lat["p50"] <= TARGET_P50_US, search["command"]))
+            rows.append(_row("gRPC single-query p99 <= 5 ms", f"{lat['p99'] / 1000:.3f} ms",
+                             lat["p99"] <= TARGET_P99_US, search["command"]))
+        else:
+            rows.append(_row("gRPC single-query p50 <= 1 ms, p99 <= 5 ms", "not measured", None, ""))
+    else:
+        rows.append(_row("recall@10 >= 0.95 on all 4 pairs", "not measured (phase search skipped)", None, ""))
+    g = r.get("peers", {}).get("gensim")
+    if g and g.get("speedup_vs_grpc"):
+        rows.append(_row(">= 100x faster than gensim most_similar (IN->IN p50, same run)",
+                         f"{g['speedup_vs_grpc']:.1f}x (gensim {g['latency_us']['p50'] / 1000:.2f} ms vs dualvec "
+                         f"gRPC {g['dualvec_grpc_p50_us'] / 1000:.3f} ms)",
+                         g["speedup_vs_grpc"] >= TARGET_GENSIM_SPEEDUP, g["command"]))
+    else:
+        rows.append(_row(">= 100x faster than gensim most_similar", "not measured", None, ""))
+    t = r.get("throughput")
+    if t and t.get("ratio_grpc32_to_inprocess") is not None:
+        best = t["inprocess_best"]
+        rows.append(_row("gRPC throughput @32 clients >= 1/2 of the same index in-process",
+                         f"{t['ratio_grpc32_to_inprocess']:.2f} ({t['grpc'][str(t['top_clients'])]['qps']:.0f} qps"
+                         f" vs {best['qps']:.0f} qps {best['mode']})",
+                         t["ratio_grpc32_to_inprocess"] >= TARGET_THROUGHPUT_RATIO, t["command"]))
+    else:
+        rows.append(_row("gRPC throughput @32 >= 1/2 in-process", "not measured", None, ""))
+    b = r.get("build", {})
+    if b.get("seconds") is not None:
+        rows.append(_row("both spaces built in under 15 minutes",
+                         f"{b['seconds'] / 60:.1f} min total (indexes {b['index_seconds']:.1f} s, tuning "
+                         f"{b['tuning_seconds']:.1f} s)", b["seconds"] < TARGET_BUILD_SECONDS, b["command"]))
+    mem = r.get("memory", {})
+    if mem.get("after_benchmark"):
+        m = mem["after_benchmark"]
+        rows.append(_row("server memory reported", f"RSS {_mib(m['rss_bytes'])}, USS {_mib(m['uss_bytes'])}", True,
+                         mem["command"]))
+    else:
+        rows.append(_row("server memory reported", "not measured (no server phase ran)", None, ""))
+    return rows
+
+
+def _row(target: str, measured: str, met: bool | None, command: str) -> dict:
+    return {"target": target, "measured": measured, "met": met, "command": command}
+
+
+def _mib(b: float) -> str:
+    return f"{b / 2**20:,.1f} MiB"
+
+
+def _verdict(met: bool | None) -> str:
+    return "met" if met else ("NOT MET" if met is False else "n/a")
+
+
+# ------------------------------------------------------------------------------------------------------------ table
+
+def format_report(r: dict) -> str:
+    """The one table, as text: sections, each followed by the command that reproduces its numbers."""
+    out: list[str] = []
+    b = r["bundle"]
+    out.append(f"dualvec benchmark: {b['path']}")
+    out.append(f"  {b['vocab_size']:,} words x {b['dim']} dims; spaces {', '.join(s.upper() for s in b['spaces'])};"
+               f" indexes {', '.join(f'{k.upper()} {v}' for k, v in b['indexes'].items())}; k={r['config']['k']}")
+    out.append(f"  {r['config']['queries']} query words per distribution (uniform over the vocabulary / by word "
+               f"frequency), seed {r['config']['seed']}{', --quick' if r['config']['quick'] else ''}; "
+               f"{r['machine']['cpus']} CPUs")
+    s = r.get("search")
+    if s:
+        out.append("")
+        out.append("recall@10 vs exact search (ann-benchmarks ties: right when exact cosine >= 10th best - 1e-4; "
+                   "query word excluded)")
+        out.append("and single-query latency in microseconds (one query at a time; index = SpaceIndex.search "
+                   "alone, engine = SearchEngine.search, gRPC = dualvec.Client.search)")
+        head = (f"  {'pair':9} {'params':34} {'recall uni/freq':>16} {'gRPC uni/freq':>14}  "
+                f"{'index p50':>9} {'engine p50/p99':>15} {'gRPC p50/p99':>15}")
+        out.append(head)
+        for p, rec in s["inprocess"]["recall"].items():
+            g = s.get("grpc") or {}
+            grec = g.get("recall", {}).get(p)
+            lat_e = s["inprocess"]["latency_us"][p]
+            lat_i = s.get("index", {}).get("latency_us", {}).get(p, {})
+            lat_g = g.get("latency_us", {}).get(p)
+            out.append(f"  {PAIR_LABEL[p]:9} {s['params'][p]:34} {rec['uniform']:>7.3f}/{rec['frequency']:<8.3f}"
+                       f" {_uf(grec):>14}  "
+                       f"{lat_i.get('p50', float('nan')):>9.0f} {_pp(lat_e):>15} {_pp(lat_g):>15}")
+        all_e = s["inprocess"]["latency_us"]["all"]
+        all_g = (s.get("grpc") or {}).get("latency_us", {}).get("all")
+        out.append(f"  {'all':9} {'':34} {'':>16} {'':>14}  {'':>9} {_pp(all_e):>15} {_pp(all_g):>15}")
+        if s.get("grpc", {}).get("bare_rpc_us"):
+            out.append(f"  a bare gRPC unary call (health Check, no work) for comparison: p50/p99 "
+                       f"{_pp(s['grpc']['bare_rpc_us'])} us")
+        if s.get("grpc"):
+            out.append(f"  gRPC answers identical to in-process answers: {s['grpc']['same_answers']:.1%} of queries")
+        out.append(f"  reproduce: {s['command']}")
+    t = r.get("throughput")
+    if t:
+        out.append("")
+        out.append("throughput, queries/s (closed loop; the pairs interleaved)")
+        for c, v in t["grpc"].items():
+            err = f", errors {v['errors']}" if v.get("errors") else ""
+            out.append(f"  gRPC {int(c):>3} clients ({v['processes']} processes): {v['qps']:>8.0f} qps, "
+                       f"p50 {v.get('p50_us', float('nan')):.0f} us, p99 {v.get('p99_us', float('nan')):.0f} us{err}")
+        for name, v in t["inprocess"].items():
+            out.append(f"  in-process {name:26}: {v['qps']:>8.0f} qps")
+        if t.get("ratio_grpc32_to_inprocess") is not None:
+            top = t["top_clients"]
+            out.append(f"  ratio gRPC@{top} / in-process: {t['ratio_grpc32_to_inprocess']:.2f} (vs best mode, "
+                       f"{t['inprocess_best']['mode']}); vs one query at a time on all cores "
+                       f"{t['ratio_grpc32_to_single']:.2f}")
+        out.append(f"  reproduce: {t['command']}")
+    bd = r.get("build", {})
+    out.append("")
+    out.append("build, size, memory")
+    if bd:
+        per = ", ".join(f"{k.upper()} {v:.1f} s" for k, v in bd["per_space_seconds"].items())
+        out.append(f"  build: {bd['seconds']:.1f} s total ({per}; tuning {bd['tuning_seconds']:.1f} s); "
+                   f"peak build memory {bd.get('peak_memory_mib', float('nan')):,.0f} MiB")
+        out.append(f"  bundle on disk: {_mib(bd['bundle_bytes'])} "
+                   f"({', '.join(f'{k} {_mib(v)}' for k, v in bd['bytes_by_kind'].items())})")
+        out.append(f"  reproduce: {bd['command']}")
+    mem = r.get("memory", {})
+    if mem.get("after_load"):
+        a, z = mem["after_load"], mem.get("after_benchmark") or mem["after_load"]
+        out.append(f"  server memory after load: RSS {_mib(a['rss_bytes'])}, USS {_mib(a['uss_bytes'])}; after the "
+                   f"benchmark: RSS {_mib(z['rss_bytes'])}, USS {_mib(z['uss_bytes'])} ({z['threads']} threads); "
+                   f"server up in {mem['load_seconds']:.1f} s")
+        out.append(f"  reproduce: {mem['command']}")
+    sw = r.get("sweep")
+    if sw:
+        out.append("")
+        out.append("parameter sweep around the tuned values (index alone, one thread; plotted)")
+        for p, pts in sw["dualvec"].items():
+            cells = "  ".join(f"{_short(x['params'])}: {x['recall']['uniform']:.3f}/{x['recall']['frequency']:.3f}"
+                              f" {x['p50_us']:.0f}us" for x in pts)
+            out.append(f"  {PAIR_LABEL[p]:9} {cells}")
+        out.append(f"  reproduce: {sw['command']}")
+    peers = r.get("peers", {})
+    if peers:
+        out.append("")
+        out.append("baselines on the same data (ratio = peer time / dualvec time, measured side by side)")
+    g = peers.get("gensim")
+    if g:
+        if g.get("error"):
+            out.append(f"  gensim: failed: {g['error']}")
+        else:
+            out.append(f"  gensim most_similar IN->IN ({g['info']['source']}; {g['queries']} queries): "
+                       f"p50 {g['latency_us']['p50'] / 1000:.2f} ms, p99 {g['latency_us']['p99'] / 1000:.2f} ms, "
+                       f"recall {g['recall']:.3f}; dualvec gRPC is {_x(g.get('speedup_vs_grpc'))} faster, "
+                       f"in-process {_x(g.get('speedup_vs_inprocess'))}")
+            out.append(f"    reproduce: {g['command']}")
+    h = peers.get("hnswlib")
+    if h:
+        if h.get("error"):
+            out.append(f"  hnswlib: failed: {h['error']}")
+        else:
+            info = h["info"]
+            spaces = ", ".join(f"{k.upper()} {v['seconds']:.1f} s" for k, v in info["spaces"].items())
+            ours = ", ".join(f"{k.upper()} {v:.1f} s" for k, v in h["dualvec_build"].items())
+            out.append(f"  hnswlib M={info['M']} efConstruction={info['ef_construction']}: build {spaces} "
+                       f"(dualvec index build {ours})")
+            for p, v in h["pairs"].items():
+                reached = "" if v["reached"] else " (target NOT reached at the largest ef)"
+                out.append(f"    {PAIR_LABEL[p]:9} ef {v['ef']:>5} for recall >= {v['target_recall']:.3f}{reached}: "
+                           f"recall {v['recall']['uniform']:.3f}/{v['recall']['frequency']:.3f}, p50 "
+                           f"{v['latency_us']['p50']:.0f} us, p99 {v['latency_us']['p99']:.0f} us; ratio to dualvec "
+                           f"index {_r(v.get('ratio_vs_index'))}, engine {_r(v.get('ratio_vs_engine'))}, "
+                           f"gRPC {_r(v.get('ratio_vs_grpc'))}")
+            out.append(f"    reproduce: {h['command']}")
+    qd = peers.get("qdrant")
+    if qd:
+        if qd.get("error"):
+            out.append(f"  qdrant: failed: {qd['error']}")
+        else:
+            info = qd["info"]
+            out.append(f"  Qdrant local mode {info['version']} (--peer-sample: {info['rows']:,} most frequent of "
+                       f"{info['of']:,} words loaded, in {info['seconds']:.1f} s; {qd['queries']} queries per pair "
+                       f"and distribution; exact truth over the loaded rows{_local_warning(info['rows'])})")
+            for p, v in qd["pairs"].items():
+                out.append(f"    {PAIR_LABEL[p]:9} recall {v['recall']['uniform']:.3f}/{v['recall']['frequency']:.3f},"
+                           f" p50 {v['latency_us']['p50'] / 1000:.2f} ms; ratio to dualvec on the same "
+                           f"{info['rows']:,} rows (restrict_vocab, in-process) {_r(v.get('ratio_vs_same_rows'))}, "
+                           f"to dualvec on all {info['of']:,} rows: engine {_r(v.get('ratio_vs_engine'))}, "
+                           f"gRPC {_r(v.get('ratio_vs_grpc'))}")
+            out.append(f"    reproduce: {qd['command']}")
+    out.append("")
+    b = r["bundle"]
+    scale = "" if (b["vocab_size"] >= 1_000_000 and b["dim"] >= 300) else (
+        f" -- the targets are defined at 1M x 300; this bundle is {b['vocab_size']:,} x {b['dim']}")
+    out.append(f"targets (DESIGN.md section 3){scale}")
+    for row in r["targets"]:
+        out.append(f"  [{_verdict(row['met']):>7}] {row['target']}: {row['measured']}")
+    if r.get("problems"):
+        out.append("")
+        out.append("problems seen")
+        for p in r["problems"]:
+            out.append(f"  - {p}")
+    out.append("")
+    out.append("time per phase: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["phase_seconds"].items()))
+    others = r["machine"].get("others_cpu_share") or {}
+    if others:
+        out.append("CPU share taken by other processes meanwhile: " + ", ".join(
+            f"{k} {v:.0%}" for k, v in others.items()))
+    out.append(f"command: {r['command']}")
+    return "\n".join(out)
+
+
+def _local_warning(rows: int) -> str:
+    return "; local mode itself warns it is not meant for more than 20,000 points" if rows > 20000 else ""
+
+
+def _uf(rec: dict | None) -> str:
+    return f"{rec['uniform']:.3f}/{rec['frequency']:.3f}" if rec else "-"
+
+
+def _pp(lat: dict | None) -> str:
+    if not lat or not lat.get("n"):
+        return "-"
+    return f"{lat['p50']:.0f}/{lat['p99']:.0f}"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.1f}x"
+
+
+def _r(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+
+def _short(params: dict) -> str:
+    names = {"nprobe": "np", "ef_search": "ef", "hubs": "h"}
+    return ",".join(f"{names.get(k, k)}{v}" for k, v in params.items() if k != "hubs") or "exact"
+
+
+# ------------------------------------------------------------------------------------------------------ JSON, plot
+
+def write_json(r: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+
+
+def _jsonable(v):
+    if hasattr(v, "item"):
+        return v.item()
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+def plot(r: dict, path: Path) -> bool:
+    """Recall@10 (x) against microseconds per query (y, log) per pair: one panel per query distribution; dualvec's
+    sweep solid (star = the tuned parameters), hnswlib's ef sweep dashed. Returns False when nothing to draw."""
+    sw = r.get("sweep")
+    h = (r.get("peers") or {}).get("hnswlib") or {}
+    if not sw and not h.get("sweep"):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, dist in zip(axes, DISTS):
+        for p, pts in (sw or {}).get("dualvec", {}).items():
+            xs = [x["recall"][dist] for x in pts]
+            ys = [x["p50_us"] for x in pts]
+            ax.plot(xs, ys, "-o", color=PAIR_COLOR[p], label=f"dualvec {PAIR_LABEL[p]}", ms=4)
+            for x in pts:
+                if x.get("tuned"):
+                    ax.plot([x["recall"][dist]], [x["p50_us"]], "*", color=PAIR_COLOR[p], ms=14, mec="black")
+        for p, pts in (h.get("sweep") or {}).items():
+            xs = [x["recall"][dist] for x in pts]
+            ys = [x["p50_us"] for x in pts]
+            ax.plot(xs, ys, "--", color=PAIR_COLOR[p], alpha=0.6, label=f"hnswlib {PAIR_LABEL[p]}")
+        ax.axvline(TARGET_RECALL, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"recall@10 ({'uniform' if dist == 'uniform' else 'by-frequency'} queries)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"queries drawn {'uniformly' if dist == 'uniform' else 'by word frequency'}")
+    axes[0].set_ylabel("median microseconds per query (in-process, one thread)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)
+    b = r["bundle"]
+    fig.suptitle(f"dualvec {Path(b['path']).name}: {b['vocab_size']:,} x {b['dim']}, recall vs latency per space "
+                 f"pair (star: tuned parameters)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
