@@ -75,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = ServerConfig(bundles=tuple(args.bundle), host=args.host, port=args.port, max_k=args.max_k,
                        max_batch=args.max_batch, workers=args.workers, max_queue=args.max_queue,
-                       checksums=not args.skip_checksums, grace_seconds=args.grace)
+                       checksums=not args.skip_checksums, grace_seconds=args.grace, batch_size=args.batch_size,
+                       concurrent_batches=args.concurrent_batches)
     return serve_forever(cfg)
 
 
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=16, help="gRPC worker threads (16)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="calls admitted at once; more are refused with RESOURCE_EXHAUSTED (256)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="concurrent searches answered by one FAISS call; 1 turns batching off (64)")
+    p.add_argument("--concurrent-batches", type=int, default=2, help="FAISS calls running at once (2)")
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown (5)")
     p.add_argument("--skip-checksums", action="store_true", help="check file sizes only at load, not sha256")
     p.set_defaults(func=cmd_serve)

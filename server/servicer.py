@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 
 from dualvec.errors import DeadlineExpired, DualvecError, InvalidArgument, UnknownModel
+from dualvec.server.batching import Batcher
 from dualvec.server.search import SearchEngine, SearchQuery
 from dualvec.server.status_codes import status_for
 from dualvec.spaces import ALL_PAIRS, Space, pair_name
@@ -48,10 +49,14 @@ def response_from(neighbors) -> pb.SearchResponse:
 class DualVecServicer(pb_grpc.DualVecServicer):
     """Serves one or more named search engines; the first is the default (model = "")."""
 
-    def __init__(self, engines: Mapping[str, SearchEngine], desm_limits=None):
+    def __init__(self, engines: Mapping[str, SearchEngine], desm_limits=None, *, batch_size: int = 64,
+                 concurrent_batches: int = 2):
         if not engines:
             raise ValueError("no bundle to serve")
         self.engines = dict(engines)
+        # concurrent Search calls of one bundle share FAISS calls (dualvec.server.batching)
+        self.batchers = {name: Batcher(engine.search_prepared, max_batch=batch_size, max_running=concurrent_batches)
+                         for name, engine in self.engines.items()} if batch_size > 1 else {}
         self.default = next(iter(self.engines))
         self.desm_limits = desm_limits
 
@@ -82,7 +87,11 @@ class DualVecServicer(pb_grpc.DualVecServicer):
     def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
         def work():
             engine = self.engine(request.model)
-            return response_from(engine.search(query_from_pb(request)))
+            prepared = engine.prepare(query_from_pb(request))
+            batcher = self.batchers.get(request.model or self.default)
+            if batcher is None or prepared.exact:  # an exhaustive search would hold up a whole batch
+                return response_from(engine.search_prepared([prepared])[0])
+            return response_from(batcher.submit(prepared))
         return self._call(context, work)
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
