@@ -68,7 +68,8 @@ def choose_spec(requested: str, n_rows: int, dim: int) -> IndexSpec:
 
 
 def ivf_nlist(n_rows: int) -> int:
-    """Number of IVF lists for n rows: the power of two nearest 4 sqrt(n), at least 16, at most n / 39."""
+    """Number of IVF lists for n rows: the power of two nearest 4 sqrt(n), at least 16; capped at n / 39 (so that
+    k-means has 39 points per centroid), which need not be a power of two."""
     target = 4.0 * math.sqrt(max(n_rows, 1))
     nlist = 2 ** round(math.log2(target))
     return int(max(16, min(nlist, max(16, n_rows // 39))))
@@ -94,10 +95,10 @@ def build_index(spec: IndexSpec, vectors: np.ndarray, *, seed: int = 1234, progr
     if hnsw is not None and spec.ef_construction:
         hnsw.hnsw.efConstruction = spec.ef_construction
     if not index.is_trained:
-        if progress:
-            progress(f"training {spec.factory} on {min(n, 64 * (ivf.nlist if ivf else 1000)):,} rows")
         rng = np.random.default_rng(seed)
         limit = 64 * ivf.nlist if ivf is not None else 100_000
+        if progress:
+            progress(f"training {spec.factory} on {min(n, limit):,} rows")
         sample = vectors if n <= limit else vectors[np.sort(rng.choice(n, limit, replace=False))]
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     if progress:

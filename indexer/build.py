@@ -81,14 +81,14 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> d
         index_meta: dict[str, dict] = {}
         for space, raw in spaces_raw.items():
             t0 = time.perf_counter()
-            with tqdm(total=n, desc=f"normalize {space.value.upper()}", unit="row", disable=cfg.quiet,
+            with tqdm(total=n, desc=f"normalize {space.value.upper()}", unit="row", disable=cfg.quiet or None,
                       leave=False) as bar:
                 unit, norms = normalize_rows(raw, source.words, space.value, progress=bar.update)
             writer.write_array(vectors_file(space), unit)
             writer.write_array(norms_file(space), norms)
             spec = choose_spec(cfg.index, n, dim)
             log.info("building %s index: %s", space.value.upper(), spec.describe())
-            with tqdm(total=1, desc=f"index {space.value.upper()} ({spec.describe()})", disable=cfg.quiet,
+            with tqdm(total=1, desc=f"index {space.value.upper()} ({spec.describe()})", disable=cfg.quiet or None,
                       leave=False, bar_format="{desc}: {elapsed}") as bar:
                 index = build_index(spec, unit, seed=cfg.seed,
                                     progress=lambda msg: bar.set_postfix_str(msg, refresh=True))
@@ -126,7 +126,7 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> d
                       "faiss_version": faiss.__version__},
         }
         writer.commit(manifest)
-    return manifest
+    return writer.manifest  # as written: with format, version, creation time and file checksums
 
 
 def tune_all_pairs(source: SourceModel, units: dict[Space, np.ndarray], indexes: dict[Space, faiss.Index | None],
@@ -163,7 +163,7 @@ def tune_all_pairs(source: SourceModel, units: dict[Space, np.ndarray], indexes:
         tune = samples[q]["tune"]
         held_truth = {d: exact_truth(target, s, tc.k) for d, s in held.items()}
         tune_truth = {d: exact_truth(target, s, tc.k) for d, s in tune.items()}
-        with tqdm(desc=f"tune {pname.upper()}", unit="cfg", disable=cfg.quiet, leave=False) as bar:
+        with tqdm(desc=f"tune {pname.upper()}", unit="cfg", disable=cfg.quiet or None, leave=False) as bar:
             def report(params: SearchParams, r: float, us: float) -> None:
                 bar.set_postfix_str(f"{params} recall {r:.3f} {us:.0f}us", refresh=False)
                 bar.update(1)

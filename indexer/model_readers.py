@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import struct
 import warnings
 from pathlib import Path
 
@@ -45,9 +46,19 @@ def _require_file(path: Path, what: str) -> None:
 
 
 def is_fasttext_bin(path: Path) -> bool:
+    """True for a fastText .bin: the magic number, or (fastText before 0.2, which wrote no magic, e.g. gensim's
+    lee_fasttext.bin) a plausible old header: dim, ws, epoch, minCount, neg, wordNgrams, loss, model, bucket, minn,
+    maxn, lrUpdateRate as int32. A gensim pickle starts with 0x80 and a text file with digits: neither fits."""
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    return len(head) == 4 and int.from_bytes(head, "little", signed=True) == FASTTEXT_MAGIC
+        head = fh.read(48)
+    if len(head) >= 4 and int.from_bytes(head[:4], "little", signed=True) == FASTTEXT_MAGIC:
+        return True
+    if len(head) < 48:
+        return False
+    dim, ws, epoch, min_count, neg, ngrams, loss, model, bucket, minn, maxn, lr_rate = struct.unpack("<12i", head)
+    return (0 < dim <= 100_000 and 0 < ws <= 10_000 and 0 < epoch <= 100_000 and min_count >= 0 and neg >= 0
+            and 0 < ngrams <= 100 and 1 <= loss <= 4 and 1 <= model <= 3 and bucket >= 0 and 0 <= minn <= maxn <= 100
+            and lr_rate > 0)
 
 
 def read_model(path: str | os.PathLike, *, in_only: bool = False) -> SourceModel:
@@ -94,11 +105,20 @@ def read_fasttext_bin(path: Path, *, in_only: bool = False) -> SourceModel:
             model = load_facebook_model(str(path))
     except NotImplementedError as exc:
         raise ModelError(f"fastText model {path}: {exc} (its output matrix holds labels, not words)") from None
-    except Exception as exc:  # truncated or malformed binaries raise struct/ValueError/EOF errors
-        raise ModelError(f"fastText model {path}: cannot be read ({type(exc).__name__}: "
-                         f"{str(exc)[:120] or 'truncated or malformed'})") from None
+    except Exception as exc:  # truncated or malformed binaries raise struct/ValueError/EOF/assertion errors
+        raise ModelError(f"fastText model {path}: cannot be read, the file is truncated or malformed "
+                         f"({type(exc).__name__}{': ' + str(exc)[:120] if str(exc) else ''})") from None
     source = {"kind": "fasttext-bin", "path": str(path.absolute()), "sha256": file_sha256(path),
               "class": "FastText"}
+    if getattr(model, "hs", 0):
+        # fastText -loss hs writes its default neg (5) in the header too, so gensim sets both syn1 and syn1neg to
+        # the output matrix: its rows are Huffman-tree nodes, not words, whatever `negative` says.
+        if in_only:
+            return _source(model, None, source, path)
+        raise ModelError(
+            f"fastText model {path} was trained with hierarchical softmax (-loss hs): its output matrix is indexed "
+            "by Huffman-tree nodes (syn1), not words, so there is no OUT vector per word; retrain with negative "
+            "sampling (-loss ns), or pass --in-only to index IN alone")
     syn1neg = getattr(model, "syn1neg", None)
     if syn1neg is not None and syn1neg.size and not np.any(syn1neg):
         if in_only:
@@ -110,6 +130,8 @@ def read_fasttext_bin(path: Path, *, in_only: bool = False) -> SourceModel:
 
 
 def _from_word2vec(model, source: dict, in_only: bool, path: Path) -> SourceModel:
+    if len(model.wv) == 0:
+        raise ModelError(f"model {path}: the vocabulary is empty")
     negative = int(getattr(model, "negative", 0) or 0)
     hs = int(getattr(model, "hs", 0) or 0)
     source |= {"negative": negative, "hs": hs, "sg": int(getattr(model, "sg", 0) or 0),

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 TIE_EPS = 1e-4
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 HUB_GRID = (256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+# The held-out recall must reach the target by this many standard errors: a setting chosen because its sample
+# recall just crossed the target is as likely below as above it on queries the build never saw.
+LOWER_BOUND_Z = 2.0
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,24 @@ def drop_query_ids(ids: np.ndarray, scores: np.ndarray, query_ids: np.ndarray, k
 
 def recall(target: SpaceIndex, sample: QuerySample, truth: Truth, found: np.ndarray) -> float:
     """Mean recall@k of found (m, k) ids: a found id counts when its exact cosine reaches the truth threshold."""
+    return float(recall_per_query(target, sample, truth, found).mean())
+
+
+def recall_per_query(target: SpaceIndex, sample: QuerySample, truth: Truth, found: np.ndarray) -> np.ndarray:
+    """(m,) float64 recall@k of each query's found (m, k) ids, counted as in recall()."""
     valid = found >= 0
     safe = np.where(valid, found, 0)
     exact = np.einsum("md,mkd->mk", sample.vectors, np.asarray(target.vectors[safe.ravel()]).reshape(
         *safe.shape, -1))
     hits = (exact >= truth.thresholds[:, None]) & valid & (found != sample.ids[:, None])
-    return float(hits.sum() / (truth.ids.shape[0] * truth.ids.shape[1]))
+    return hits.sum(axis=1) / truth.ids.shape[1]
+
+
+def lower_bound(per_query: np.ndarray, z: float = LOWER_BOUND_Z) -> float:
+    """Mean recall less z standard errors: what a sample's recall says of the recall of its whole distribution."""
+    if len(per_query) < 2:
+        return float(per_query.mean()) if len(per_query) else 0.0
+    return float(per_query.mean() - z * per_query.std(ddof=1) / np.sqrt(len(per_query)))
 
 
 def ann_search(target: SpaceIndex, sample: QuerySample, k: int, params: SearchParams, pair: str) -> np.ndarray:
@@ -178,7 +193,8 @@ def tune_pair(target: SpaceIndex, pair: str, tune: dict[str, QuerySample], tune_
               held: dict[str, QuerySample], held_truth: dict[str, Truth], cfg: TuningConfig,
               progress=None) -> PairResult:
     """Pick the cheapest parameters reaching target + margin on both tuning distributions, then measure them on
-    the held-out queries (stepping up the chain while the held-out recall misses the target)."""
+    the held-out queries, stepping up the chain until the held-out recall of both distributions reaches the target
+    by LOWER_BOUND_Z standard errors (reached_target says whether it did)."""
     goal = min(1.0, cfg.target_recall + cfg.margin)
     timing = tune["uniform"].vectors[: cfg.timing_queries]
     sweep: list[dict] = []
@@ -206,13 +222,14 @@ def tune_pair(target: SpaceIndex, pair: str, tune: dict[str, QuerySample], tune_
     chain = chains[ci]
     while True:
         params = chain[pi]
-        rec = {d: recall(target, held[d], held_truth[d], ann_search(target, held[d], cfg.k, params, pair))
-               for d in held}
-        if min(rec.values()) >= cfg.target_recall or pi + 1 >= len(chain):
+        per_query = {d: recall_per_query(target, held[d], held_truth[d],
+                                         ann_search(target, held[d], cfg.k, params, pair)) for d in held}
+        rec = {d: float(r.mean()) for d, r in per_query.items()}
+        confident = min(lower_bound(r) for r in per_query.values()) >= cfg.target_recall
+        if confident or pi + 1 >= len(chain):
             break
         pi += 1
     tune_r = next(s["tune_recall"] for s in sweep if s["params"] == params.to_dict()) if any(
         s["params"] == params.to_dict() for s in sweep) else float("nan")
     us = time_per_query(target, timing, cfg.k, params, pair)
-    return PairResult(params, rec["uniform"], rec["frequency"], tune_r, us,
-                      min(rec.values()) >= cfg.target_recall, sweep)
+    return PairResult(params, rec["uniform"], rec["frequency"], tune_r, us, confident, sweep)

@@ -121,7 +121,8 @@ def _read_text(data: bytes, pos: int, n: int, d: int, path: Path) -> tuple[list[
 
 
 def write_word2vec(path: str | os.PathLike, words: list[str], rows: np.ndarray, *, binary: bool) -> None:
-    """Write (n, d) rows in word2vec format (text with %.6g values, or binary float32)."""
+    """Write (n, d) rows in word2vec format: text with %.9g values (enough digits to read back every float32
+    exactly), or binary little-endian float32."""
     rows = np.asarray(rows, dtype=np.float32)
     with open(path, "wb") as fh:
         fh.write(f"{rows.shape[0]} {rows.shape[1]}\n".encode())
@@ -129,4 +130,4 @@ def write_word2vec(path: str | os.PathLike, words: list[str], rows: np.ndarray, 
             if binary:
                 fh.write(word.encode("utf-8") + b" " + row.astype(_FLOAT).tobytes() + b"\n")
             else:
-                fh.write((word + " " + " ".join(f"{v:.7g}" for v in row.tolist()) + "\n").encode("utf-8"))
+                fh.write((word + " " + " ".join(f"{v:.9g}" for v in row.tolist()) + "\n").encode("utf-8"))

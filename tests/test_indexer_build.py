@@ -1,0 +1,304 @@
+"""Building bundles from a real negative-sampling model (conftest's lee_model, about 4k words x 48 dims): exact
+bundles equal numpy brute force on all four pairs, tuned ANN bundles reach the target recall on queries the build
+never drew, and a failed or interrupted build leaves nothing behind (and keeps an existing bundle)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gensim.models import Word2Vec
+
+import dualvec.indexer.build as build_module
+from dualvec.bundle import read_bundle, read_manifest
+from dualvec.errors import BundleError, ModelError
+from dualvec.indexer.build import BuildConfig, build_bundle
+from dualvec.indexer.model_readers import read_model
+from dualvec.indexer.source_model import SourceModel
+from dualvec.indexer.tuning import TuningConfig
+from dualvec.info import bundle_summary
+from dualvec.spaces import ALL_PAIRS, Space, pair_name
+
+K = 10
+TIE_EPS = 1e-4
+TARGET = 0.95
+# the same tuning sizes as conftest's lee_ivf_bundle; fewer timing queries (they only rank the candidates)
+TUNING = TuningConfig(target_recall=TARGET, tune_queries=300, eval_queries=500, hub_queries=1000, timing_queries=16)
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def lee_spaces(lee_model) -> dict:
+    """The model's own matrices, normalized here in float64: the ground truth every test compares with."""
+    model = Word2Vec.load(str(lee_model))
+    counts = np.array([model.wv.get_vecattr(w, "count") for w in model.wv.index_to_key], dtype=np.int64)
+    return {"words": list(model.wv.index_to_key), "counts": counts,
+            Space.IN: unit(model.wv.vectors), Space.OUT: unit(model.syn1neg)}
+
+
+def brute_force(spaces: dict, q: Space, t: Space, ids: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """(m, n) exact cosines of the query words ids (their own column set to -inf) and (m,) k-th best cosine."""
+    exact = spaces[q][ids] @ spaces[t].T
+    exact[np.arange(len(ids)), ids] = -np.inf
+    kth = -np.partition(-exact, k - 1, axis=1)[:, k - 1]
+    return exact, kth
+
+
+def searched(bundle, q: Space, t: Space, ids: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k ids and scores of the bundle for query words ids, searched as the server does (the pair's tuned
+    parameters and hubs), the query word left out."""
+    queries = np.ascontiguousarray(bundle.vectors[q][ids], dtype=np.float32)
+    scores, found = bundle.spaces[t].search(queries, k + 1, bundle.tuning(q, t).params, pair_name(q, t))
+    keep = found != ids[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(found, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def recall_per_query(bundle, spaces: dict, q: Space, t: Space, ids: np.ndarray) -> np.ndarray:
+    """ann-benchmarks recall@10: a returned word is a hit when its exact cosine reaches the 10th best exact cosine
+    less 1e-4 (query word excluded on both sides)."""
+    exact, kth = brute_force(spaces, q, t, ids)
+    found, _ = searched(bundle, q, t, ids)
+    got = np.take_along_axis(exact, np.where(found >= 0, found, 0), axis=1)
+    return ((got >= kth[:, None] - TIE_EPS) & (found >= 0)).sum(axis=1) / K
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
+
+
+def synthetic(n: int = 300, d: int = 12, seed: int = 0, **changes) -> SourceModel:
+    rng = np.random.default_rng(seed)
+    fields = dict(words=[f"w{i}" for i in range(n)], counts=np.arange(n, 0, -1, dtype=np.int64) * 3,
+                  in_vectors=rng.normal(size=(n, d)).astype(np.float32),
+                  out_vectors=rng.normal(size=(n, d)).astype(np.float32), source={"kind": "test"})
+    return SourceModel(**(fields | changes))
+
+
+# ------------------------------------------------------------------------------------------------ exact (flat) bundle
+
+def test_exact_bundle_holds_the_model_normalized_in_vocabulary_order(lee_bundle, lee_spaces, lee_model):
+    bundle = read_bundle(lee_bundle)
+    assert bundle.vocab.words == lee_spaces["words"]
+    assert bundle.vocab.counts.tolist() == lee_spaces["counts"].tolist()
+    assert bundle.manifest["spaces"] == ["in", "out"] and bundle.manifest["has_out"] is True
+    assert bundle.manifest["dim"] == 48 and bundle.manifest["vocab_size"] == len(lee_spaces["words"])
+    assert bundle.manifest["source"]["path"] == str(Path(lee_model).absolute())
+    model = Word2Vec.load(str(lee_model))
+    for space, raw in ((Space.IN, model.wv.vectors), (Space.OUT, model.syn1neg)):
+        assert bundle.vectors[space].dtype == np.float32
+        np.testing.assert_allclose(bundle.vectors[space], lee_spaces[space], atol=1e-6)
+        np.testing.assert_allclose(bundle.norms[space], np.linalg.norm(raw.astype(np.float64), axis=1), rtol=1e-6)
+        assert bundle.spaces[space].exact_only
+    for entry in bundle.manifest["pairs"].values():
+        assert entry["exact"] is True and entry["recall_uniform"] == 1.0
+
+
+@pytest.mark.parametrize("q, t", ALL_PAIRS, ids=[pair_name(q, t) for q, t in ALL_PAIRS])
+def test_exact_bundle_equals_numpy_brute_force(lee_bundle, lee_spaces, q, t):
+    """Every one of 1,500 query words (the 50 most frequent among them): the same top-10 scores as numpy; where the
+    ids differ, the scores tie."""
+    bundle = read_bundle(lee_bundle)
+    n = bundle.vocab_size
+    rng = np.random.default_rng(11)
+    ids = np.unique(np.concatenate([np.arange(50), rng.choice(n, 1450, replace=False)]))
+    exact, _ = brute_force(lee_spaces, q, t, ids)
+    want_ids = np.argsort(-exact, axis=1, kind="stable")[:, :K]
+    want = np.take_along_axis(exact, want_ids, axis=1)
+    found, scores = searched(bundle, q, t, ids)
+    assert (found >= 0).all()
+    np.testing.assert_allclose(scores, want, atol=2e-6)
+    got = np.take_along_axis(exact, found, axis=1)  # the exact cosine of what the bundle returned
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    differ = found != want_ids
+    assert np.allclose(got[differ], want[differ], atol=2e-6), "ids may differ only where scores tie"
+
+
+def test_building_does_not_touch_the_model(lee_model, tmp_path):
+    source = read_model(lee_model)
+    before_in, before_out = source.in_vectors.copy(), source.out_vectors.copy()
+    build_bundle(source, tmp_path / "b", BuildConfig(index="flat", quiet=True))
+    np.testing.assert_array_equal(source.in_vectors, before_in)
+    np.testing.assert_array_equal(source.out_vectors, before_out)
+
+
+def test_auto_is_exact_for_a_small_vocabulary(tmp_path):
+    manifest = build_bundle(synthetic(), tmp_path / "b", BuildConfig(index="auto", quiet=True))
+    assert {m["spec"]["kind"] for m in manifest["indexes"].values()} == {"flat"}
+
+
+# -------------------------------------------------------------------------------------------------- tuned ANN bundles
+
+@pytest.fixture(scope="module")
+def lee_hnsw_bundle(lee_model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("hnsw") / "lee-hnsw.bundle"
+    build_bundle(read_model(lee_model), path, BuildConfig(index="hnsw", quiet=True, tuning=TUNING))
+    return path
+
+
+@pytest.mark.parametrize("fixture, kind, param", [("lee_ivf_bundle", "ivf", "nprobe"),
+                                                  ("lee_hnsw_bundle", "hnsw", "ef_search")])
+def test_tuned_recall_is_measured_and_stored_per_pair(request, fixture, kind, param):
+    manifest = read_manifest(request.getfixturevalue(fixture))
+    assert manifest["tuning"]["target_recall"] == TARGET and manifest["tuning"]["k"] == K
+    assert {m["spec"]["kind"] for m in manifest["indexes"].values()} == {kind}
+    assert set(manifest["pairs"]) == {pair_name(q, t) for q, t in ALL_PAIRS}
+    for name, entry in manifest["pairs"].items():
+        assert entry["reached_target"] is True, name
+        assert entry["recall_uniform"] >= TARGET and entry["recall_frequency"] >= TARGET, name
+        assert entry["params"][param] >= 1, name
+        assert entry["microseconds_per_query"] > 0 and entry["sweep"], name
+        if entry["params"].get("hubs"):
+            assert f"hubs.{name}.npy" in manifest["files"]
+
+
+@pytest.mark.parametrize("fixture", ["lee_ivf_bundle", "lee_hnsw_bundle"])
+def test_tuned_recall_reaches_the_target_on_queries_the_build_never_drew(request, fixture, lee_spaces):
+    """Held-out queries drawn here with a seed of this test's own: 2,000 words uniformly (without replacement) and
+    4,000 by corpus frequency, for every pair. Each reaches the target, and so does the exact recall of each whole
+    distribution (every word once, or weighted by its count); the recall the manifest records is close to it."""
+    bundle = read_bundle(request.getfixturevalue(fixture))
+    n = bundle.vocab_size
+    rng = np.random.default_rng(20240607)
+    uniform = rng.choice(n, 2000, replace=False)
+    weights = lee_spaces["counts"] / lee_spaces["counts"].sum()
+    by_frequency = rng.choice(n, 4000, replace=True, p=weights)
+    everyone = np.arange(n)
+    report = {}
+    for q, t in ALL_PAIRS:
+        name = pair_name(q, t)
+        every = recall_per_query(bundle, lee_spaces, q, t, everyone)
+        measured = {"uniform sample": every[uniform].mean(), "frequency sample": every[by_frequency].mean(),
+                    "all words": every.mean(), "all words by count": float(every @ weights)}
+        report[name] = {k: round(float(v), 4) for k, v in measured.items()}
+        stored = bundle.manifest["pairs"][name]
+        assert abs(stored["recall_uniform"] - measured["all words"]) < 0.03, (name, stored, measured)
+        assert abs(stored["recall_frequency"] - measured["all words by count"]) < 0.03, (name, stored, measured)
+    failing = {name: r for name, r in report.items() if min(r.values()) < TARGET}
+    assert not failing, f"recall@10 below {TARGET}: {failing}"
+
+
+def test_factory_string_and_ivf_list_limits(tmp_path):
+    manifest = build_bundle(synthetic(), tmp_path / "f", BuildConfig(
+        index="IVF16,Flat", quiet=True, tuning=TuningConfig(tune_queries=100, eval_queries=100, hub_queries=100)))
+    assert manifest["indexes"]["in"]["spec"] == {"kind": "ivf", "factory": "IVF16,Flat", "ef_construction": 0}
+    assert all(p["recall_uniform"] >= TARGET for p in manifest["pairs"].values())
+    with pytest.raises(ModelError, match="wants 4096 lists but the space has only 300 rows"):
+        build_bundle(synthetic(), tmp_path / "g", BuildConfig(index="IVF4096,Flat", quiet=True))
+    with pytest.raises(ModelError, match="is not 'auto', 'flat', 'hnsw', 'ivf' or a valid FAISS factory string"):
+        build_bundle(synthetic(), tmp_path / "h", BuildConfig(index="HNSW-banana", quiet=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+# ----------------------------------------------------------------------------------------------------------- IN only
+
+def test_in_only_bundle_says_it_has_no_out(lee_model, tmp_path):
+    path = tmp_path / "in-only.bundle"
+    manifest = build_bundle(read_model(lee_model), path, BuildConfig(index="flat", in_only=True, quiet=True))
+    assert manifest["spaces"] == ["in"] and manifest["has_out"] is False
+    assert set(manifest["pairs"]) == {"in-in"}
+    assert not any(name.startswith("out.") for name in manifest["files"])
+    bundle = read_bundle(path)
+    assert bundle.has_space(Space.IN) and not bundle.has_space(Space.OUT)
+    summary = bundle_summary(bundle)
+    assert summary["spaces"] == ["in"] and summary["has_out"] is False and list(summary["pairs"]) == ["in-in"]
+
+
+def test_a_source_without_out_is_refused_unless_in_only(tmp_path):
+    with pytest.raises(ModelError, match="the source has no OUT space; pass --in-only"):
+        build_bundle(synthetic(out_vectors=None), tmp_path / "b", BuildConfig(quiet=True))
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------- refusals leave nothing behind
+
+def _nan_in():
+    s = synthetic()
+    s.in_vectors[17, 3] = np.nan
+    return s
+
+
+def _inf_out():
+    s = synthetic()
+    s.out_vectors[5, 0] = np.inf
+    return s
+
+
+def _zero_out():
+    s = synthetic()
+    s.out_vectors[[8, 9]] = 0.0
+    return s
+
+
+@pytest.mark.parametrize("make, message", [
+    (_nan_in, r"IN space: non-finite values \(NaN or inf\) in the vectors of 'w17'"),
+    (_inf_out, r"OUT space: non-finite values \(NaN or inf\) in the vectors of 'w5'"),
+    (_zero_out, r"OUT space: zero vectors cannot be normalized: 'w8', 'w9'"),
+    (lambda: synthetic(words=[f"w{i}" for i in range(299)] + ["w3"]), r"duplicate words: 'w3'"),
+    (lambda: synthetic(words=["tab\tword"] + [f"w{i}" for i in range(1, 300)]), r"words with tab, newline"),
+    (lambda: synthetic(n=0), r"the vocabulary is empty"),
+], ids=["nan", "inf", "zero", "duplicate", "tab", "empty"])
+def test_a_refused_source_leaves_nothing_at_the_target(tmp_path, make, message):
+    target = tmp_path / "out.bundle"
+    with pytest.raises(ModelError, match=message):
+        build_bundle(make(), target, BuildConfig(index="flat", quiet=True))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_build_leaves_nothing_and_keeps_an_existing_bundle(tmp_path, monkeypatch, exc):
+    target = tmp_path / "b.bundle"
+    build_bundle(synthetic(seed=1), target, BuildConfig(index="flat", quiet=True))
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise exc("stop")
+
+    monkeypatch.setattr(build_module, "tune_all_pairs", interrupted)
+    with pytest.raises(exc):
+        build_bundle(synthetic(seed=2), target, BuildConfig(index="hnsw", quiet=True, force=True))
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before, "the old bundle is intact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle"]
+    with pytest.raises(exc):
+        build_bundle(synthetic(seed=2), tmp_path / "new.bundle", BuildConfig(index="flat", quiet=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle"]
+
+
+def test_an_existing_target_is_kept_unless_force(tmp_path):
+    target = tmp_path / "b.bundle"
+    first = build_bundle(synthetic(seed=1), target, BuildConfig(index="flat", quiet=True))
+    with pytest.raises(BundleError, match="already exists; pass --force to replace it"):
+        build_bundle(synthetic(seed=2), target, BuildConfig(index="flat", quiet=True))
+    assert read_manifest(target)["created"] == first["created"]
+    np.testing.assert_allclose(read_bundle(target).vectors[Space.IN], unit(synthetic(seed=1).in_vectors), atol=1e-6)
+    build_bundle(synthetic(seed=2), target, BuildConfig(index="flat", quiet=True, force=True))
+    np.testing.assert_allclose(read_bundle(target).vectors[Space.IN], unit(synthetic(seed=2).in_vectors), atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle"]
+    assert not leftovers(tmp_path, "b.bundle")
+
+
+def test_manifest_records_source_sizes_phases_and_checksums(lee_ivf_bundle):
+    manifest = json.loads((lee_ivf_bundle / "manifest.json").read_text())
+    assert manifest["format"] == "dualvec-bundle" and manifest["format_version"] == 1
+    assert manifest["source"]["kind"] == "gensim" and len(manifest["source"]["sha256"]) == 64
+    assert manifest["build"]["seconds"] > 0 and manifest["build"]["peak_memory_mib"] > 0
+    assert {"in", "out", "tuning"} <= set(manifest["build"]["phases"])
+    for name, meta in manifest["files"].items():
+        assert (lee_ivf_bundle / name).stat().st_size == meta["bytes"] and len(meta["sha256"]) == 64
+    assert {"vocab.tsv", "in.vectors.npy", "out.vectors.npy", "in.norms.npy", "out.norms.npy", "in.index.faiss",
+            "out.index.faiss"} <= set(manifest["files"])
+
+
+def test_a_copy_of_a_bundle_reads_anywhere(lee_ivf_bundle, tmp_path):
+    copy = tmp_path / "moved.bundle"
+    shutil.copytree(lee_ivf_bundle, copy)
+    bundle = read_bundle(copy)
+    assert bundle.path == copy and bundle.vocab_size == read_manifest(lee_ivf_bundle)["vocab_size"]
