@@ -233,19 +233,20 @@ def test_only_calls_that_never_started_are_refused_at_shutdown(lee_bundle):
     """In-process, with the search core counted: every call that reached it during the drain was answered; the
     only failures are refusals (UNAVAILABLE, or CANCELLED for a call still queued inside gRPC core)."""
     cfg = ServerConfig(bundles=(str(lee_bundle),), port=0, checksums=False)
-    running = start_server(load_engines(cfg), cfg)
-    engine = running.servicer.engines["lee.bundle"]
-    search = engine.search
+    engines = load_engines(cfg)
+    engine = engines["lee.bundle"]
+    search_prepared = engine.search_prepared
     lock = threading.Lock()
     started = [0]
 
-    def slow_search(query):
+    def slow_search_prepared(prepared):
         with lock:
-            started[0] += 1
+            started[0] += len(prepared)
         time.sleep(0.05)  # long enough that calls are in flight when stop() begins
-        return search(query)
+        return search_prepared(prepared)
 
-    engine.search = slow_search
+    engine.search_prepared = slow_search_prepared  # before the server (and its batcher) takes the method
+    running = start_server(engines, cfg)
     outcomes: list[object] = []
     stop_calling = threading.Event()
 
