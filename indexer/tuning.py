@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 TIE_EPS = 1e-4
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+RERANK_GRID = (4, 8, 16, 32, 64, 128)
 HUB_GRID = (256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 # The held-out recall must reach the target by this many standard errors: a setting chosen because its sample
 # recall just crossed the target is as likely below as above it on queries the build never saw.
@@ -168,24 +169,27 @@ def time_per_query(target: SpaceIndex, vectors: np.ndarray, k: int, params: Sear
 
 
 def candidate_grid(target: SpaceIndex, pair: str) -> list[list[SearchParams]]:
-    """Chains of parameters of rising cost: one chain per hub count, each chain rising in efSearch or nprobe."""
+    """Chains of parameters of rising cost: one chain per hub count (and, for compressed indexes, per re-ranking
+    depth), each chain rising in efSearch or nprobe."""
     n_hubs = target.hub_count(pair)
     hub_options = [0] + [h for h in HUB_GRID if h < n_hubs] + ([n_hubs] if n_hubs else [])
+    rerank_options = (0,) if target.exact_scores else RERANK_GRID
     index = target.index
     ivf = faiss.try_extract_index_ivf(index) if index is not None else None
     chains = []
     for h in hub_options:
-        if ivf is not None:
-            probes, p = [], 1
-            while p < ivf.nlist:
-                probes.append(p)
-                p *= 2
-            probes.append(ivf.nlist)
-            chains.append([SearchParams(nprobe=p, hubs=h) for p in probes])
-        elif index is not None and "HNSW" in type(faiss.downcast_index(index)).__name__:
-            chains.append([SearchParams(ef_search=ef, hubs=h) for ef in EF_GRID])
-        else:
-            chains.append([SearchParams(hubs=h)])
+        for rr in rerank_options:
+            if ivf is not None:
+                probes, p = [], 1
+                while p < ivf.nlist:
+                    probes.append(p)
+                    p *= 2
+                probes.append(ivf.nlist)
+                chains.append([SearchParams(nprobe=p, hubs=h, rerank=rr) for p in probes])
+            elif index is not None and "HNSW" in type(faiss.downcast_index(index)).__name__:
+                chains.append([SearchParams(ef_search=ef, hubs=h, rerank=rr) for ef in EF_GRID])
+            else:
+                chains.append([SearchParams(hubs=h, rerank=rr)])
     return chains
 
 

@@ -144,7 +144,16 @@ def lee_hnsw_bundle(lee_model, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def lee_ivfpq_bundle(lee_model, tmp_path_factory) -> Path:
+    """IVF with 4-bit fast-scan PQ codes: approximate scores, re-ranked exactly from the stored vectors."""
+    path = tmp_path_factory.mktemp("ivfpq") / "lee-ivfpq.bundle"
+    build_bundle(read_model(lee_model), path, BuildConfig(index="ivfpq", quiet=True, tuning=TUNING))
+    return path
+
+
 @pytest.mark.parametrize("fixture, kind, param", [("lee_ivf_bundle", "ivf", "nprobe"),
+                                                  ("lee_ivfpq_bundle", "ivf", "nprobe"),
                                                   ("lee_hnsw_bundle", "hnsw", "ef_search")])
 def test_tuned_recall_is_measured_and_stored_per_pair(request, fixture, kind, param):
     manifest = read_manifest(request.getfixturevalue(fixture))
@@ -160,7 +169,7 @@ def test_tuned_recall_is_measured_and_stored_per_pair(request, fixture, kind, pa
             assert f"hubs.{name}.npy" in manifest["files"]
 
 
-@pytest.mark.parametrize("fixture", ["lee_ivf_bundle", "lee_hnsw_bundle"])
+@pytest.mark.parametrize("fixture", ["lee_ivf_bundle", "lee_ivfpq_bundle", "lee_hnsw_bundle"])
 def test_tuned_recall_reaches_the_target_on_queries_the_build_never_drew(request, fixture, lee_spaces):
     """Held-out queries drawn here with a seed of this test's own: 2,000 words uniformly (without replacement) and
     4,000 by corpus frequency, for every pair. Each reaches the target, and so does the exact recall of each whole
@@ -184,6 +193,19 @@ def test_tuned_recall_reaches_the_target_on_queries_the_build_never_drew(request
         assert abs(stored["recall_frequency"] - measured["all words by count"]) < 0.03, (name, stored, measured)
     failing = {name: r for name, r in report.items() if min(r.values()) < TARGET}
     assert not failing, f"recall@10 below {TARGET}: {failing}"
+
+
+def test_compressed_index_returns_exact_cosines_after_reranking(lee_ivfpq_bundle, lee_spaces):
+    """PQ codes give approximate scores; every score served must still be the exact cosine of the word returned."""
+    bundle = read_bundle(lee_ivfpq_bundle)
+    assert "PQ" in bundle.manifest["indexes"]["out"]["spec"]["factory"]
+    ids = np.arange(0, bundle.vocab_size, 37)
+    for q, t in ALL_PAIRS:
+        assert bundle.tuning(q, t).params.rerank >= 1
+        found, scores = searched(bundle, q, t, ids)
+        exact = np.einsum("md,mkd->mk", lee_spaces[q][ids], lee_spaces[t][found])
+        assert np.abs(exact - scores).max() < 1e-5, pair_name(q, t)
+        assert (np.diff(scores, axis=1) <= 1e-7).all()  # best first
 
 
 def test_factory_string_and_ivf_list_limits(tmp_path):
