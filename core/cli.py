@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -247,8 +248,13 @@ def negatives_as_options(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "loadtest":  # its own parser takes every option, --help included
+        from dualvec.loadtest import main as loadtest_main
+
+        return loadtest_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(negatives_as_options(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(negatives_as_options(argv))
     debug = getattr(args, "debug", False)
     logging.basicConfig(level=logging.DEBUG if debug else (logging.WARNING if getattr(args, "quiet", False)
                                                            else logging.INFO),
@@ -258,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     # SIGTERM interrupts a build like Ctrl-C does, so that nothing half-written is left behind
     if args.command != "serve":
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        main_pid = os.getpid()
+        signal.signal(signal.SIGTERM, lambda signum, frame: _raise_interrupt(main_pid))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -276,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _raise_interrupt(signum, frame):
+def _raise_interrupt(main_pid: int) -> None:
+    if os.getpid() != main_pid:  # a worker process (multiprocessing) that inherited the handler: just end
+        os._exit(143)
     raise KeyboardInterrupt
 
 

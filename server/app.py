@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from dualvec.bundle import read_bundle
 from dualvec.errors import DualvecError
+from dualvec.server.admission import AdmissionControl
 from dualvec.server.search import Limits, SearchEngine
 from dualvec.server.servicer import DualVecServicer
 from dualvec.v1 import dualvec_pb2 as pb
@@ -40,11 +41,13 @@ class ServerConfig:
     port: int = 50051
     max_k: int = 1000
     max_batch: int = 1024
-    workers: int = 16
+    workers: int = 16          # calls worked on at once (dualvec.server.admission)
     max_queue: int = 256       # calls admitted at once (running or waiting for a worker); more: RESOURCE_EXHAUSTED
     checksums: bool = True
     grace_seconds: float = 5.0
     faiss_threads: int = 1     # per search call: one query with many OpenMP threads is slower than with one
+    batch_size: int = 64       # concurrent Search calls answered by one FAISS call (1 = no batching)
+    concurrent_batches: int = 2  # FAISS calls running at once (one per core)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class RunningServer:
     health: health.HealthServicer
     servicer: DualVecServicer
     address: str
+    admission: AdmissionControl | None = None
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
@@ -82,12 +86,17 @@ def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
 def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig) -> RunningServer:
     """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound."""
     faiss.omp_set_num_threads(max(1, cfg.faiss_threads))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="dualvec-rpc"),
-                         maximum_concurrent_rpcs=cfg.max_queue,
+    # admission control bounds the DualVec calls (fast "server overloaded" refusals beyond max_queue, deadlines
+    # honoured while waiting); the pool has a thread for every call taken, so health never queues behind searches
+    admission = AdmissionControl(cfg.max_queue, cfg.workers, (SERVICE_NAME,))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix="dualvec-rpc"),
+                         interceptors=(admission,), maximum_concurrent_rpcs=admission.threads,
                          options=[("grpc.max_receive_message_length", 64 << 20),
                                   ("grpc.max_send_message_length", 64 << 20),
-                                  ("grpc.so_reuseport", 0)])
-    servicer = DualVecServicer(engines)
+                                  ("grpc.so_reuseport", 0),
+                                  ("grpc.server.max_pending_requests", admission.backlog_limits[0]),
+                                  ("grpc.server.max_pending_requests_hard_limit", admission.backlog_limits[1])])
+    servicer = DualVecServicer(engines, batch_size=cfg.batch_size, concurrent_batches=cfg.concurrent_batches)
     pb_grpc.add_DualVecServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -105,7 +114,7 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig) -> Running
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     bound = f"{cfg.host}:{port}"
-    return RunningServer(server, port, health_servicer, servicer, bound)
+    return RunningServer(server, port, health_servicer, servicer, bound, admission)
 
 
 def serve_forever(cfg: ServerConfig) -> int:
