@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import faiss
 import numpy as np
@@ -168,29 +168,41 @@ def time_per_query(target: SpaceIndex, vectors: np.ndarray, k: int, params: Sear
     return float(np.median(times) * 1e6)
 
 
-def candidate_grid(target: SpaceIndex, pair: str) -> list[list[SearchParams]]:
-    """Chains of parameters of rising cost: one chain per hub count (and, for compressed indexes, per re-ranking
-    depth), each chain rising in efSearch or nprobe."""
+def candidate_grid(target: SpaceIndex, pair: str, rerank: int = 0) -> list[list[SearchParams]]:
+    """Chains of parameters of rising cost: one chain per hub count, each chain rising in efSearch or nprobe (up
+    to an eighth of the lists on large IVF indexes: beyond that an exhaustive scan is as cheap). ``rerank`` is the
+    re-ranking depth of compressed indexes (0 for indexes with exact scores)."""
     n_hubs = target.hub_count(pair)
     hub_options = [0] + [h for h in HUB_GRID if h < n_hubs] + ([n_hubs] if n_hubs else [])
-    rerank_options = (0,) if target.exact_scores else RERANK_GRID
     index = target.index
     ivf = faiss.try_extract_index_ivf(index) if index is not None else None
     chains = []
     for h in hub_options:
-        for rr in rerank_options:
-            if ivf is not None:
-                probes, p = [], 1
-                while p < ivf.nlist:
-                    probes.append(p)
-                    p *= 2
-                probes.append(ivf.nlist)
-                chains.append([SearchParams(nprobe=p, hubs=h, rerank=rr) for p in probes])
-            elif index is not None and "HNSW" in type(faiss.downcast_index(index)).__name__:
-                chains.append([SearchParams(ef_search=ef, hubs=h, rerank=rr) for ef in EF_GRID])
-            else:
-                chains.append([SearchParams(hubs=h, rerank=rr)])
+        if ivf is not None:
+            cap = ivf.nlist if ivf.nlist <= 1024 else ivf.nlist // 8
+            probes, p = [], 1
+            while p < cap:
+                probes.append(p)
+                p *= 2
+            probes.append(cap)
+            chains.append([SearchParams(nprobe=p, hubs=h, rerank=rerank) for p in probes])
+        elif index is not None and "HNSW" in type(faiss.downcast_index(index)).__name__:
+            chains.append([SearchParams(ef_search=ef, hubs=h, rerank=rerank) for ef in EF_GRID])
+        else:
+            chains.append([SearchParams(hubs=h, rerank=rerank)])
     return chains
+
+
+def step_up(target: SpaceIndex, params: SearchParams) -> SearchParams | None:
+    """The next costlier setting of the same kind (nprobe doubled, the next efSearch, deeper re-ranking)."""
+    ivf = faiss.try_extract_index_ivf(target.index) if target.index is not None else None
+    if ivf is not None and params.nprobe < ivf.nlist:
+        return replace(params, nprobe=min(ivf.nlist, params.nprobe * 2))
+    if params.ef_search and params.ef_search < EF_GRID[-1]:
+        return replace(params, ef_search=next(ef for ef in EF_GRID if ef > params.ef_search))
+    if not target.exact_scores and params.rerank < RERANK_GRID[-1]:
+        return replace(params, rerank=next(r for r in RERANK_GRID if r > params.rerank))
+    return None
 
 
 def tune_pair(target: SpaceIndex, pair: str, tune: dict[str, QuerySample], tune_truth: dict[str, Truth],
@@ -202,37 +214,58 @@ def tune_pair(target: SpaceIndex, pair: str, tune: dict[str, QuerySample], tune_
     goal = min(1.0, cfg.target_recall + cfg.margin)
     timing = tune["uniform"].vectors[: cfg.timing_queries]
     sweep: list[dict] = []
-    best: tuple[float, int, int] | None = None  # (microseconds, chain, position)
-    best_any: tuple[float, int, int] | None = None  # highest recall when nothing reaches the goal
-    chains = candidate_grid(target, pair)
-    for ci, chain in enumerate(chains):
-        for pi, params in enumerate(chain):
+    measured: dict[SearchParams, tuple[float, float]] = {}
+
+    def measure(params: SearchParams) -> tuple[float, float]:
+        if params not in measured:
             r = min(recall(target, tune[d], tune_truth[d], ann_search(target, tune[d], cfg.k, params, pair))
                     for d in tune)
             us = time_per_query(target, timing, cfg.k, params, pair)
+            measured[params] = (r, us)
             sweep.append({"params": params.to_dict(), "tune_recall": r, "microseconds": us})
             if progress:
                 progress(params, r, us)
-            if best_any is None or r > best_any[0]:
-                best_any = (r, ci, pi)
-            if r >= goal:
-                if best is None or us < best[0]:
-                    best = (us, ci, pi)
+        return measured[params]
+
+    def cheapest(chains: list[list[SearchParams]]) -> SearchParams | None:
+        best: tuple[float, SearchParams] | None = None
+        for chain in chains:
+            history: list[float] = []
+            for params in chain:
+                r, us = measure(params)
+                history.append(r)
+                if r >= goal:
+                    if best is None or us < best[0]:
+                        best = (us, params)
+                    break
+                if best is not None and us > 3 * best[0]:
+                    break  # this chain is already far costlier than the best found
+                if len(history) >= 3 and history[-1] - history[-3] < 0.002:
+                    break  # a plateau below the goal: more of the same will not get there
+        return best[1] if best else None
+
+    first_rerank = 0 if target.exact_scores else 16
+    choice = cheapest(candidate_grid(target, pair, first_rerank))
+    if choice is None and not target.exact_scores:
+        choice = cheapest(candidate_grid(target, pair, RERANK_GRID[-1]))
+    if choice is not None and not target.exact_scores:
+        for rr in sorted((r for r in RERANK_GRID if r < choice.rerank), reverse=True):
+            r, us = measure(replace(choice, rerank=rr))
+            if r < goal or us >= measured[choice][1]:
                 break
-            if best is not None and us > 3 * best[0]:
-                break  # this chain is already far costlier than the best found
-    reached = best is not None
-    _, ci, pi = best if reached else best_any
-    chain = chains[ci]
+            choice = replace(choice, rerank=rr)
+    if choice is None:  # nothing reached the goal: the best recall seen
+        choice = max(measured, key=lambda prm: (measured[prm][0], -measured[prm][1]))
+    params = choice
     while True:
-        params = chain[pi]
         per_query = {d: recall_per_query(target, held[d], held_truth[d],
                                          ann_search(target, held[d], cfg.k, params, pair)) for d in held}
         rec = {d: float(r.mean()) for d, r in per_query.items()}
         confident = min(lower_bound(r) for r in per_query.values()) >= cfg.target_recall
-        if confident or pi + 1 >= len(chain):
+        nxt = None if confident else step_up(target, params)
+        if nxt is None:
             break
-        pi += 1
+        params = nxt
     tune_r = next(s["tune_recall"] for s in sweep if s["params"] == params.to_dict()) if any(
         s["params"] == params.to_dict() for s in sweep) else float("nan")
     us = time_per_query(target, timing, cfg.k, params, pair)
