@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import grpc
 
 from dualvec.errors import DualvecError
-from dualvec.results import Neighbor, WordVector
+from dualvec.results import DocumentScore, Neighbor, WordVector
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
@@ -30,16 +30,6 @@ class ClientError(DualvecError):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
-
-
-@dataclass(frozen=True)
-class DocumentScore:
-    id: str
-    score: float
-    desm: float
-    bm25: float
-    query_words_found: int
-    document_words_found: int
 
 
 @dataclass(frozen=True)

@@ -24,3 +24,21 @@ class WordVector:
     raw: tuple[float, ...] | None
     norm: float
     count: int
+
+
+@dataclass(frozen=True)
+class DocumentScore:
+    """The score of one document.
+
+    score: ``(1 - w) * desm + w * bm25``; 0.0 for a document with no known word.
+    desm: the DESM part (mean cosine, in [-1, 1]); 0.0 for a document with no known word.
+    bm25: BM25 divided by the best BM25 of the call (in [0, 1]), computed whatever the weight.
+    query_words_found / document_words_found: tokens (repeats counted) that are in the vocabulary.
+    """
+
+    id: str
+    score: float
+    desm: float
+    bm25: float
+    query_words_found: int
+    document_words_found: int

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse
 
 from dualvec.errors import InvalidArgument, SpaceUnavailable, UnknownWords
+from dualvec.results import DocumentScore
 from dualvec.server.bm25 import bm25_scores, normalize_by_max
 from dualvec.spaces import Space
 
@@ -42,22 +43,8 @@ class DocumentInput:
     tokens: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class DocumentScoreResult:
-    """The score of one document.
-
-    score: ``(1 - w) * desm + w * bm25``; 0.0 for a document with no known word.
-    desm: the DESM part (mean cosine, in [-1, 1]); 0.0 for a document with no known word.
-    bm25: BM25 divided by the best BM25 of the call (in [0, 1]), computed whatever the weight.
-    query_words_found / document_words_found: tokens (repeats counted) that are in the vocabulary.
-    """
-
-    id: str
-    score: float
-    desm: float
-    bm25: float
-    query_words_found: int
-    document_words_found: int
+# the result type is shared with the client
+DocumentScoreResult = DocumentScore
 
 
 @dataclass(frozen=True)
