@@ -43,7 +43,7 @@ class IndexSpec:
 def choose_spec(requested: str, n_rows: int, dim: int) -> IndexSpec:
     """Turn the ``--index`` option into build parameters for an (n_rows, dim) space.
 
-    "auto" is exact below AUTO_EXACT_MAX_ROWS rows and "ivfpq" above; "ivf" is IVF with full vectors in the lists
+    "auto" is exact below AUTO_EXACT_MAX_ROWS rows and "ivf" above; "ivf" is IVF with full vectors in the lists
     (nlist ~ 4 sqrt(n)); "ivfpq" is the same partition with 4-bit product-quantized codes scanned by FAISS's fast
     scan (about 1/32 of the bytes), every candidate re-scored exactly from the stored vectors; "hnsw" is HNSW32
     with efConstruction 80; anything else is taken as a FAISS factory string.
@@ -51,7 +51,7 @@ def choose_spec(requested: str, n_rows: int, dim: int) -> IndexSpec:
     req = requested.strip()
     low = req.lower()
     if low == "auto":
-        return IndexSpec("flat") if n_rows <= AUTO_EXACT_MAX_ROWS else choose_spec("ivfpq", n_rows, dim)
+        return IndexSpec("flat") if n_rows <= AUTO_EXACT_MAX_ROWS else choose_spec("ivf", n_rows, dim)
     if low == "flat":
         return IndexSpec("flat")
     if low == "ivf":
