@@ -196,10 +196,13 @@ def candidate_grid(target: SpaceIndex, pair: str, rerank: int = 0) -> list[list[
 def step_up(target: SpaceIndex, params: SearchParams) -> SearchParams | None:
     """The next costlier setting of the same kind (nprobe doubled, the next efSearch, deeper re-ranking)."""
     ivf = faiss.try_extract_index_ivf(target.index) if target.index is not None else None
+    deeper = params.rerank
+    if not target.exact_scores and params.rerank < RERANK_GRID[-1]:
+        deeper = next(r for r in RERANK_GRID if r > params.rerank)  # compressed codes: re-rank deeper too
     if ivf is not None and params.nprobe < ivf.nlist:
-        return replace(params, nprobe=min(ivf.nlist, params.nprobe * 2))
+        return replace(params, nprobe=min(ivf.nlist, params.nprobe * 2), rerank=deeper)
     if params.ef_search and params.ef_search < EF_GRID[-1]:
-        return replace(params, ef_search=next(ef for ef in EF_GRID if ef > params.ef_search))
+        return replace(params, ef_search=next(ef for ef in EF_GRID if ef > params.ef_search), rerank=deeper)
     if not target.exact_scores and params.rerank < RERANK_GRID[-1]:
         return replace(params, rerank=next(r for r in RERANK_GRID if r > params.rerank))
     return None
