@@ -165,22 +165,22 @@ def _rowwise_cos(va: np.ndarray, ia: np.ndarray, vb: np.ndarray, ib: np.ndarray)
     return np.einsum("md,md->m", np.asarray(va[ia], dtype=np.float64), np.asarray(vb[ib], dtype=np.float64))
 
 
-def _spearman(x, y) -> float | None:
+def _correlation(test, x, y) -> float | None:
+    """scipy correlation statistic of x and y; None with fewer than 3 points or when undefined (constant input)."""
     if len(x) < 3:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = float(stats.spearmanr(x, y).statistic)
+        value = float(test(x, y).statistic)
     return None if math.isnan(value) else value
+
+
+def _spearman(x, y) -> float | None:
+    return _correlation(stats.spearmanr, x, y)
 
 
 def _pearson(x, y) -> float | None:
-    if len(x) < 3:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = float(stats.pearsonr(x, y).statistic)
-    return None if math.isnan(value) else value
+    return _correlation(stats.pearsonr, x, y)
 
 
 # ------------------------------------------------------------------------------------------------------- analogies

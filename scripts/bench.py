@@ -506,14 +506,21 @@ class Bench:
             lat = res["latency_us"][p]
             entry = {"ef": ef, "target_recall": goal, "reached": chosen is not None, "recall": res["recall"][p],
                      "latency_us": lat}
-            for key, where in (("ratio_vs_index", "index"), ("ratio_vs_engine", "inprocess"),
-                               ("ratio_vs_grpc", "grpc")):
-                d = self._dualvec_p50(where, p)
-                if d:
-                    entry[key] = lat["p50"] / d
+            entry.update(self._ratios(lat["p50"], p, ("index", "inprocess", "grpc")))
             out["pairs"][p] = entry
         self.result["peers"]["hnswlib"] = out
         h.close()
+
+    def _ratios(self, peer_p50: float, pair: str, wheres: tuple[str, ...]) -> dict[str, float]:
+        """A peer's p50 as a ratio to dualvec's p50 of the same pair, measured where named ("index",
+        "inprocess" = the engine, "grpc"), keyed ratio_vs_index / ratio_vs_engine / ratio_vs_grpc."""
+        keys = {"index": "ratio_vs_index", "inprocess": "ratio_vs_engine", "grpc": "ratio_vs_grpc"}
+        out = {}
+        for where in wheres:
+            d = self._dualvec_p50(where, pair)
+            if d:
+                out[keys[where]] = peer_p50 / d
+        return out
 
     def peer_qdrant(self) -> None:
         from bench_peers import DualvecEngine, QdrantLocal
@@ -537,10 +544,7 @@ class Bench:
             lat = res["latency_us"][p]
             entry = {"recall": res["recall"][p], "latency_us": lat,
                      "ratio_vs_same_rows": lat["p50"] / same_rows["latency_us"][p]["p50"]}
-            for key, where in (("ratio_vs_engine", "inprocess"), ("ratio_vs_grpc", "grpc")):
-                d = self._dualvec_p50(where, p)
-                if d:
-                    entry[key] = lat["p50"] / d
+            entry.update(self._ratios(lat["p50"], p, ("inprocess", "grpc")))
             out["pairs"][p] = entry
         self.result["peers"]["qdrant"] = out
         qd.close()
