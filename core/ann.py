@@ -124,10 +124,9 @@ def build_index(spec: IndexSpec, vectors: np.ndarray, *, seed: int = 1234, progr
 
 
 def _hnsw_of(index: faiss.Index):
-    try:
-        return faiss.downcast_index(index) if isinstance(faiss.downcast_index(index), faiss.IndexHNSW) else None
-    except Exception:
-        return None
+    """The index as an IndexHNSW, or None when it is another kind."""
+    concrete = faiss.downcast_index(index)
+    return concrete if isinstance(concrete, faiss.IndexHNSW) else None
 
 
 @dataclass(frozen=True)
@@ -238,7 +237,7 @@ class SpaceIndex:
 
     def _merge_hubs(self, queries, k, pair, h, scores, ids, limit):
         hub_ids = self._hub_ids[pair][:h]
-        hub_vecs = self._hub_prefix_vectors(pair, h)
+        hub_vecs = self.hub_vectors(pair, h)
         if limit and limit < self.n:
             keep = hub_ids < limit
             hub_ids, hub_vecs = hub_ids[keep], hub_vecs[keep]
@@ -263,7 +262,8 @@ class SpaceIndex:
         out_s = np.where(np.isfinite(out_s), out_s, -np.inf).astype(np.float32)
         return out_s, out_i
 
-    def _hub_prefix_vectors(self, pair: str, h: int) -> np.ndarray:
+    def hub_vectors(self, pair: str, h: int) -> np.ndarray:
+        """(h, d) float32 rows of the pair's first h hubs, gathered once and kept (call at load to warm)."""
         key = (pair, h)
         if key not in self._hub_vectors:
             self._hub_vectors[key] = np.ascontiguousarray(self.vectors[self._hub_ids[pair][:h]], dtype=np.float32)

@@ -57,7 +57,8 @@ def hubs_file(pair: str) -> str:
     return f"hubs.{pair}.npy"
 
 
-def sha256_of(path: Path, chunk: int = 8 << 20) -> str:
+def sha256_of(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -327,6 +328,11 @@ def read_docfreq(path: Path) -> tuple[int, dict[str, int]]:
             else:
                 freqs[token] = int(df)
     return n_docs, freqs
+
+
+def space_bytes(manifest: dict, space: str) -> int:
+    """Bytes on disk of one space's files (vectors, norms, index), from the manifest."""
+    return sum(meta["bytes"] for name, meta in manifest["files"].items() if name.startswith(f"{space}."))
 
 
 def bundle_size(path: str | os.PathLike) -> int:

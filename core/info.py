@@ -1,7 +1,7 @@
 """What `dualvec info` and GetInfo report about a bundle."""
 from __future__ import annotations
 
-from dualvec.bundle import Bundle, bundle_size
+from dualvec.bundle import Bundle, bundle_size, space_bytes
 from dualvec.spaces import ALL_PAIRS, pair_name
 
 
@@ -12,9 +12,8 @@ def bundle_summary(bundle: Bundle) -> dict:
     spaces = {}
     for name in m["spaces"]:
         meta = m["indexes"][name]
-        size = sum(v["bytes"] for f, v in files.items() if f.startswith(f"{name}."))
         spaces[name] = {"index": meta["description"], "kind": meta["spec"]["kind"],
-                        "build_seconds": meta.get("build_seconds"), "bytes": size}
+                        "build_seconds": meta.get("build_seconds"), "bytes": space_bytes(m, name)}
     pairs = {}
     for q, t in ALL_PAIRS:
         entry = m.get("pairs", {}).get(pair_name(q, t))

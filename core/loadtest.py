@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import psutil
 
 log = logging.getLogger("dualvec.loadtest")
 
@@ -777,8 +778,6 @@ class RssSampler:
     """Samples the resident memory of a process (the server) every ``every`` seconds in a thread."""
 
     def __init__(self, pid: int, every: float = 1.0):
-        import psutil
-
         try:
             self.proc = psutil.Process(pid)
             self.proc.memory_info()
@@ -802,7 +801,7 @@ class RssSampler:
     def _sample(self) -> None:
         try:
             self.samples.append((time.perf_counter() - self._t0, self.proc.memory_info().rss))
-        except Exception:  # the server went away: keep what was sampled
+        except psutil.Error:  # the server went away: keep what was sampled
             pass
 
     def _loop(self) -> None:

@@ -7,7 +7,6 @@ never served as OUT. A source with IN only is refused unless the caller asks for
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dualvec.bundle import sha256_of
 from dualvec.errors import ModelError
 from dualvec.indexer.source_model import SourceModel
 from dualvec.indexer.word2vec_format import read_word2vec
@@ -26,14 +26,6 @@ log = logging.getLogger(__name__)
 
 FASTTEXT_MAGIC = 793712314  # first int32 of a fastText .bin
 SIDECAR_SUFFIX = ".dualvec.json"  # written by `dualvec train` next to the model: tokenizer, corpus statistics
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -86,7 +78,7 @@ def read_gensim_model(path: Path, *, in_only: bool = False) -> SourceModel:
     except FileNotFoundError as exc:
         raise ModelError(f"model {path}: a file it refers to is missing ({exc.filename}); gensim stores large "
                          "arrays beside the model (*.npy): keep them together") from None
-    source = {"kind": "gensim", "path": str(path.absolute()), "sha256": file_sha256(path)}
+    source = {"kind": "gensim", "path": str(path.absolute()), "sha256": sha256_of(path)}
     if isinstance(model, KeyedVectors):
         return _in_only_source(model, source | {"class": "KeyedVectors"}, in_only, path,
                                "saved KeyedVectors hold IN vectors only")
@@ -108,7 +100,7 @@ def read_fasttext_bin(path: Path, *, in_only: bool = False) -> SourceModel:
     except Exception as exc:  # truncated or malformed binaries raise struct/ValueError/EOF/assertion errors
         raise ModelError(f"fastText model {path}: cannot be read, the file is truncated or malformed "
                          f"({type(exc).__name__}{': ' + str(exc)[:120] if str(exc) else ''})") from None
-    source = {"kind": "fasttext-bin", "path": str(path.absolute()), "sha256": file_sha256(path),
+    source = {"kind": "fasttext-bin", "path": str(path.absolute()), "sha256": sha256_of(path),
               "class": "FastText"}
     if getattr(model, "hs", 0):
         # fastText -loss hs writes its default neg (5) in the header too, so gensim sets both syn1 and syn1neg to
@@ -198,12 +190,12 @@ def read_vector_pair(in_path: str | os.PathLike, out_path: str | os.PathLike | N
         raise ModelError("--out-vectors is missing: give the OUT (syn1neg) file too, or pass --in-only")
     words, in_rows = read_word2vec(in_path)
     out_rows = None
-    source = {"kind": "word2vec-pair", "path": str(in_path.absolute()), "sha256": file_sha256(in_path)}
+    source = {"kind": "word2vec-pair", "path": str(in_path.absolute()), "sha256": sha256_of(in_path)}
     if out_path is not None:
         out_path = Path(out_path)
         _require_file(out_path, "--out-vectors")
         out_words, out_rows = read_word2vec(out_path)
-        source |= {"out_path": str(out_path.absolute()), "out_sha256": file_sha256(out_path)}
+        source |= {"out_path": str(out_path.absolute()), "out_sha256": sha256_of(out_path)}
         if len(out_words) != len(words):
             raise ModelError(f"IN has {len(words)} words but OUT has {len(out_words)} ({in_path} vs {out_path})")
         if out_rows.shape[1] != in_rows.shape[1]:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from dualvec.bundle import sha256_of
 from dualvec.errors import ModelError
-from dualvec.indexer.model_readers import SIDECAR_SUFFIX, file_sha256
+from dualvec.indexer.model_readers import SIDECAR_SUFFIX
 from dualvec.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def train(corpus: str | os.PathLike, output: str | os.PathLike, cfg: TrainConfig
     model.save(str(partial))
     vocab = set(model.wv.key_to_index)
     sidecar = {"tokenizer": tokenizer.to_dict(), "corpus": str(corpus.absolute()),
-               "corpus_sha256": file_sha256(corpus), "n_documents": n_docs, "n_tokens": n_tokens,
+               "corpus_sha256": sha256_of(corpus), "n_documents": n_docs, "n_tokens": n_tokens,
                "train": asdict(cfg) | {"workers": workers}, "seconds": round(time.perf_counter() - started, 2),
                "docfreq": {t: df for t, df in docfreq.items() if t in vocab}}
     # gensim may write large arrays beside the model (MODEL.partial.wv.vectors.npy ...): rename them too

@@ -269,7 +269,6 @@ def tune_pair(target: SpaceIndex, pair: str, tune: dict[str, QuerySample], tune_
         if nxt is None:
             break
         params = nxt
-    tune_r = next(s["tune_recall"] for s in sweep if s["params"] == params.to_dict()) if any(
-        s["params"] == params.to_dict() for s in sweep) else float("nan")
+    tune_r = measured[params][0] if params in measured else float("nan")  # step-ups were not swept
     us = time_per_query(target, timing, cfg.k, params, pair)
     return PairResult(params, rec["uniform"], rec["frequency"], tune_r, us, confident, sweep)

@@ -9,8 +9,10 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
+from dualvec.bundle import space_bytes
 from dualvec.errors import DeadlineExpired, DualvecError, InvalidArgument, UnknownModel
 from dualvec.server.batching import Batcher
+from dualvec.server.desm import DesmLimits, DocumentInput, score_documents
 from dualvec.server.search import SearchEngine, SearchQuery
 from dualvec.server.status_codes import status_for
 from dualvec.spaces import ALL_PAIRS, Space, pair_name
@@ -49,7 +51,8 @@ def response_from(neighbors) -> pb.SearchResponse:
 class DualVecServicer(pb_grpc.DualVecServicer):
     """Serves one or more named search engines; the first is the default (model = "")."""
 
-    def __init__(self, engines: Mapping[str, SearchEngine], desm_limits=None, *, batch_size: int = 64,
+    def __init__(self, engines: Mapping[str, SearchEngine], desm_limits: DesmLimits | None = None, *,
+                 batch_size: int = 64,
                  concurrent_batches: int = 2):
         if not engines:
             raise ValueError("no bundle to serve")
@@ -58,7 +61,7 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         self.batchers = {name: Batcher(engine.search_prepared, max_batch=batch_size, max_running=concurrent_batches)
                          for name, engine in self.engines.items()} if batch_size > 1 else {}
         self.default = next(iter(self.engines))
-        self.desm_limits = desm_limits
+        self.desm_limits = desm_limits or DesmLimits()
 
     # ------------------------------------------------------------------------------------------------ plumbing
     def engine(self, name: str) -> SearchEngine:
@@ -99,17 +102,17 @@ class DualVecServicer(pb_grpc.DualVecServicer):
             reqs = request.requests
             if not reqs:
                 raise InvalidArgument("requests", "empty batch: give at least one request")
+            limit = self.engines[self.default].limits.max_batch  # one server, one limit
+            if len(reqs) > limit:
+                raise InvalidArgument("requests", f"{len(reqs)} requests, above this server's limit of {limit}")
             by_model: dict[str, list[int]] = {}
             for i, r in enumerate(reqs):
                 by_model.setdefault(r.model, []).append(i)
             out: list[pb.SearchResponse | None] = [None] * len(reqs)
             for name, members in by_model.items():
                 engine = self.engine(name)
-                queries = [query_from_pb(reqs[i], f"requests[{i}].") for i in members]
-                if len(reqs) > engine.limits.max_batch:
-                    raise InvalidArgument("requests", f"{len(reqs)} requests, above this server's limit of "
-                                          f"{engine.limits.max_batch}")
-                prepared = [engine.prepare(q, f"requests[{i}].") for q, i in zip(queries, members)]
+                prepared = [engine.prepare(query_from_pb(reqs[i], f"requests[{i}]."), f"requests[{i}].")
+                            for i in members]
                 for i, res in zip(members, engine.search_prepared(prepared)):
                     out[i] = response_from(res)
             return pb.BatchSearchResponse(responses=out)
@@ -134,8 +137,6 @@ class DualVecServicer(pb_grpc.DualVecServicer):
 
     def ScoreDocuments(self, request: pb.ScoreDocumentsRequest, context) -> pb.ScoreDocumentsResponse:
         def work():
-            from dualvec.server.desm import DesmLimits, DocumentInput, score_documents
-
             engine = self.engine(request.model)
             bundle = engine.bundle
             tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))
@@ -147,7 +148,7 @@ class DualVecServicer(pb_grpc.DualVecServicer):
             scores, source = score_documents(
                 bundle, query_tokens, docs, query_space=space_of(request.query_space, "query_space"),
                 document_space=space_of(request.document_space, "document_space", Space.OUT),
-                bm25_weight=request.bm25_weight, limits=self.desm_limits or DesmLimits())
+                bm25_weight=request.bm25_weight, limits=self.desm_limits)
             return pb.ScoreDocumentsResponse(
                 scores=[pb.DocumentScore(id=s.id, score=s.score, query_words_found=s.query_words_found,
                                          document_words_found=s.document_words_found, desm=s.desm, bm25=s.bm25)
@@ -161,14 +162,13 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         return self._call(context, work)
 
 
-def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits=None) -> pb.ModelInfo:
+def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits: DesmLimits) -> pb.ModelInfo:
     m = engine.bundle.manifest
     indexes = []
     for sname in m["spaces"]:
         meta = m["indexes"][sname]
-        size = sum(v["bytes"] for f, v in m["files"].items() if f.startswith(f"{sname}."))
         indexes.append(pb.SpaceIndexInfo(space=SPACE_TO_PB[Space(sname)], kind=meta["spec"]["kind"],
-                                         description=meta["description"], bytes=size))
+                                         description=meta["description"], bytes=space_bytes(m, sname)))
     pairs = []
     for q, t in ALL_PAIRS:
         entry = m.get("pairs", {}).get(pair_name(q, t))
@@ -180,18 +180,11 @@ def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits=N
                                  recall_frequency=entry.get("recall_frequency") or 0.0))
     src = m.get("source", {})
     limits = engine.limits
-    max_docs = getattr(desm_limits, "max_documents", 0) if desm_limits else 0
-    max_tokens = getattr(desm_limits, "max_document_tokens", 0) if desm_limits else 0
-    if desm_limits is None:
-        try:
-            from dualvec.server.desm import DesmLimits
-            max_docs, max_tokens = DesmLimits().max_documents, DesmLimits().max_document_tokens
-        except ImportError:
-            pass
     return pb.ModelInfo(model=name, vocab_size=m["vocab_size"], dim=m["dim"],
                         spaces=[SPACE_TO_PB[Space(s)] for s in m["spaces"]], indexes=indexes, pairs=pairs,
                         format_version=m["format_version"], dualvec_version=m["dualvec_version"],
                         source=f"{src.get('kind', '')}: {src.get('path', '')}", source_sha256=src.get("sha256", ""),
                         tokenizer=json.dumps(m.get("tokenizer", {})), max_k=limits.max_k,
-                        max_batch=limits.max_batch, max_documents=max_docs, max_document_tokens=max_tokens,
+                        max_batch=limits.max_batch, max_documents=desm_limits.max_documents,
+                        max_document_tokens=desm_limits.max_document_tokens,
                         models=served, has_document_frequencies=engine.bundle.docfreq is not None)
