@@ -85,11 +85,15 @@ def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
 
 def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig) -> RunningServer:
     """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound."""
-    faiss.omp_set_num_threads(max(1, cfg.faiss_threads))
     # admission control bounds the DualVec calls (fast "server overloaded" refusals beyond max_queue, deadlines
     # honoured while waiting); the pool has a thread for every call taken, so health never queues behind searches
     admission = AdmissionControl(cfg.max_queue, cfg.workers, (SERVICE_NAME,))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix="dualvec-rpc"),
+    # OpenMP's thread count is per thread: set it in every worker, where FAISS runs (setting it here would only
+    # cover this thread, and each single-query search would wake, then spin, a second OpenMP thread)
+    threads = max(1, cfg.faiss_threads)
+    pool = futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix="dualvec-rpc",
+                                      initializer=faiss.omp_set_num_threads, initargs=(threads,))
+    server = grpc.server(pool,
                          interceptors=(admission,), maximum_concurrent_rpcs=admission.threads,
                          options=[("grpc.max_receive_message_length", 64 << 20),
                                   ("grpc.max_send_message_length", 64 << 20),

@@ -123,6 +123,14 @@ class SearchEngine:
             if not norm > 0:
                 raise InvalidArgument(f + "vector", "is all zeros: it has no direction to search")
             unit = vec64 / norm
+        elif len(q.positive) == 1 and not q.negative:  # the common case: one word, its (unit) row
+            i = self.bundle.vocab.index.get(q.positive[0])
+            if i is None:
+                raise UnknownWords([q.positive[0]], q.query_space.value)
+            row = self.bundle.vectors[q.query_space][i]
+            unit = row / float(np.linalg.norm(row))  # as the mean of one row below, bit for bit
+            if not q.include_query_words:
+                exclude = frozenset((i,))
         else:
             ids = self.word_ids([*q.positive, *q.negative], q.query_space)  # names every missing word
             pos, neg = ids[:len(q.positive)], ids[len(q.positive):]
@@ -155,9 +163,13 @@ class SearchEngine:
         return self.search_prepared(prepared)
 
     def search_prepared(self, prepared: Sequence[PreparedQuery]) -> list[list[Neighbor]]:
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, p in enumerate(prepared):
-            groups[(p.target, p.pair, p.exact, p.limit)].append(i)
+        if len(prepared) == 1:
+            p = prepared[0]
+            groups: dict[tuple, list[int]] = {(p.target, p.pair, p.exact, p.limit): [0]}
+        else:
+            groups = defaultdict(list)
+            for i, p in enumerate(prepared):
+                groups[(p.target, p.pair, p.exact, p.limit)].append(i)
         results: list[list[Neighbor]] = [[] for _ in prepared]
         words = self.bundle.vocab.words
         for (target, pair, exact, limit), members in groups.items():
