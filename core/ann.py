@@ -46,7 +46,8 @@ class IndexSpec:
 def choose_spec(requested: str, n_rows: int, dim: int) -> IndexSpec:
     """Turn the ``--index`` option into build parameters for an (n_rows, dim) space.
 
-    "auto" is exact below AUTO_EXACT_MAX_ROWS rows and "ivf" above; "ivf" is IVF with full vectors in the lists
+    "auto" is exact below AUTO_EXACT_MAX_ROWS rows and "hnsw" above (measured at 1M x 300: about half the
+    single-query time of IVF at the same recall, on every pair); "ivf" is IVF with full vectors in the lists
     (nlist ~ 4 sqrt(n)); "ivfpq" is the same partition with 4-bit product-quantized codes scanned by FAISS's fast
     scan (about 1/32 of the bytes), every candidate re-scored exactly from the stored vectors; "hnsw" is HNSW32
     with efConstruction HNSW_EF_CONSTRUCTION; anything else is taken as a FAISS factory string.
@@ -54,7 +55,7 @@ def choose_spec(requested: str, n_rows: int, dim: int) -> IndexSpec:
     req = requested.strip()
     low = req.lower()
     if low == "auto":
-        return IndexSpec("flat") if n_rows <= AUTO_EXACT_MAX_ROWS else choose_spec("ivf", n_rows, dim)
+        return IndexSpec("flat") if n_rows <= AUTO_EXACT_MAX_ROWS else choose_spec("hnsw", n_rows, dim)
     if low == "flat":
         return IndexSpec("flat")
     if low == "ivf":
@@ -120,10 +121,28 @@ def build_index(spec: IndexSpec, vectors: np.ndarray, *, seed: int = 1234, progr
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
     if progress:
         progress(f"adding {n:,} rows")
-    step = 100_000
-    for start in range(0, n, step):
+    start, reported = 0, 0
+    while start < n:
+        step = graph_insertion_step(start) if hnsw is not None else 100_000
         index.add(np.ascontiguousarray(vectors[start:start + step], dtype=np.float32))
+        start = min(n, start + step)
+        if progress and (start - reported >= n // 20 or start == n):
+            progress(f"added {start:,} of {n:,} rows")
+            reported = start
     return index
+
+
+def graph_insertion_step(added: int) -> int:
+    """Rows given to one HNSW ``add`` call once ``added`` rows are in the graph.
+
+    FAISS shuffles the rows of one ``add`` call (within each level) before linking them. Rows come in vocabulary
+    order, most frequent words first, and the frequent words are what cross-space queries look for (the OUT
+    vectors of frequent words are the nearest ones to most IN queries, and back): inserted first, they gather the
+    graph's long-range links and a query from the other space reaches them. Small calls keep that order where it
+    matters, among the frequent words; later ones grow for speed. Measured at 1M x 300 (efSearch 64, no hub
+    scan), OUT->IN recall@10 went from .56/.79 (uniform/by frequency) with 100,000-row calls to .89/.92, at
+    the same IN->IN recall, for a 10 % longer build."""
+    return min(100_000, max(1_000, added // 20))
 
 
 def _hnsw_of(index: faiss.Index):
@@ -300,26 +319,22 @@ def _stores_full_vectors(index: faiss.Index) -> bool:
 
 def _merge_one(scores: np.ndarray, ids: np.ndarray, hub_scores: np.ndarray, hub_ids: np.ndarray,
                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """_merge_hubs for one query, without the (m, c, c) arrays: both lists are best first, so a plain merge."""
-    out_s = np.full((1, k), -np.inf, np.float32)
-    out_i = np.full((1, k), -1, np.int64)
-    a_s, a_i, b_s, b_i = scores.tolist(), ids.tolist(), hub_scores.tolist(), hub_ids.tolist()
-    seen: set[int] = set()
-    ia = ib = n = 0
-    while n < k and (ia < len(a_i) or ib < len(b_i)):
-        # the index's answer first on equal scores (as the stable sort of _merge_hubs does)
-        if ib >= len(b_i) or (ia < len(a_i) and a_s[ia] >= b_s[ib]):
-            s, i = a_s[ia], a_i[ia]
-            ia += 1
-        else:
-            s, i = b_s[ib], b_i[ib]
-            ib += 1
-        if i < 0 or i in seen or s == -np.inf:
+    """_merge_hubs for one query, without the (m, c, c) arrays: a stable sort of the two short lists (the index's
+    answer first on equal scores, as in _merge_hubs), then the first k distinct ids."""
+    merged = sorted(zip(scores.tolist() + hub_scores.tolist(), ids.tolist() + hub_ids.tolist()),
+                    key=lambda pair: -pair[0])
+    out_s, out_i, seen = [], [], set()
+    for s, i in merged:
+        if i < 0 or s == -np.inf or i in seen:
             continue
         seen.add(i)
-        out_s[0, n], out_i[0, n] = s, i
-        n += 1
-    return out_s, out_i
+        out_s.append(s)
+        out_i.append(i)
+        if len(out_i) == k:
+            break
+    pad = k - len(out_i)
+    return (np.array([out_s + [-np.inf] * pad], dtype=np.float32),
+            np.array([out_i + [-1] * pad], dtype=np.int64))
 
 
 def _later_duplicates(ids: np.ndarray) -> np.ndarray:

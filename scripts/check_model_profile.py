@@ -6,7 +6,12 @@ efConstruction 40; or --index IVF4096,Flat) and measures recall@10 against exact
 IN->IN, IN->OUT, OUT->IN, OUT->OUT at several efSearch (or nprobe) values. Queries: --queries words drawn
 uniformly from the vocabulary, and as many drawn by word frequency. The query word is left out of both lists; a
 returned word is a hit when its exact cosine >= the 10th best exact cosine - 1e-4 (ann-benchmarks' rule).
-Also prints hub statistics: distinct words in the exact top-10 lists and the mean exact top-10 cosine.
+Also prints hub statistics: distinct words in the exact top-10 lists and the mean exact top-10 cosine, and the
+median single-query time (one thread) at each setting.
+
+HNSW insertion order (--insertion): "vocab" adds the rows in vocabulary order (most frequent first) in the small
+calls dualvec's build makes (dualvec.ann.graph_insertion_step); "shuffled" adds them in one call, which FAISS
+shuffles within each level. Compare both on one model to see what the order does to cross-space recall.
 
 MODEL_DIR holds model.model (gensim full model) or in.bin + out.bin; a model file may be given directly.
 """
@@ -72,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--insertion", choices=("vocab", "shuffled"), default="vocab",
+                    help="HNSW insertion order (default vocab: dualvec's build)")
     args = ap.parse_args(argv)
 
     import faiss
@@ -107,11 +114,20 @@ def main(argv=None) -> int:
             m = int(args.index.upper().replace("HNSW", "") or 32)
             index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = args.ef_construction
-        index.add(X[sp])
+        if ivf or args.insertion == "shuffled":
+            index.add(X[sp])
+        else:
+            from dualvec.ann import graph_insertion_step
+            start = 0
+            while start < n:
+                step = graph_insertion_step(start)
+                index.add(X[sp][start:start + step])
+                start += step
         indexes[sp] = index
         print(f"built {args.index} on {sp} in {time.perf_counter() - t:.0f}s", flush=True)
 
     results = {}
+    micros = {}
     hubs = {}
     for qname, qids in qsets.items():
         for src, dst in PAIRS:
@@ -126,6 +142,14 @@ def main(argv=None) -> int:
                 else:
                     idx.hnsw.efSearch = max(ef, k + 1)
                 _, I = idx.search(Q, k + 1)
+                faiss.omp_set_num_threads(1)
+                times = []
+                for row in Q[: min(len(Q), 200)]:
+                    started = time.perf_counter()
+                    idx.search(row[None, :], k + 1)
+                    times.append(time.perf_counter() - started)
+                faiss.omp_set_num_threads(args.threads)
+                micros[(qname, src, dst, ef)] = float(np.median(times) * 1e6)
                 hits = 0
                 for qi in range(len(qids)):
                     got = [i for i in I[qi] if i >= 0 and i != qids[qi]][:k]
@@ -136,12 +160,15 @@ def main(argv=None) -> int:
 
     label = "nprobe" if ivf else "ef"
     for qname in qsets:
-        print(f"\nrecall@{k}, {args.index}, {len(qsets[qname])} queries drawn {qname}")
+        order = "" if ivf else f", {args.insertion} insertion"
+        print(f"\nrecall@{k} (median single-query microseconds), {args.index}{order}, {len(qsets[qname])} "
+              f"queries drawn {qname}")
         print("| pair | " + " | ".join(f"{label}={e}" for e in efs) + " | distinct in top-10 | mean top-10 cos |")
         print("|---|" + "---|" * (len(efs) + 2))
         for src, dst in PAIRS:
             dist, mc = hubs[(qname, src, dst)]
-            print(f"| {src} -> {dst} | " + " | ".join(f"{results[(qname, src, dst, e)]:.3f}" for e in efs)
+            print(f"| {src} -> {dst} | " + " | ".join(f"{results[(qname, src, dst, e)]:.3f} ({micros[(qname, src, dst, e)]:.0f})"
+                                                  for e in efs)
                   + f" | {dist} / {k * len(qsets[qname])} | {mc:.3f} |")
     print(f"\n(total {time.perf_counter() - t0:.0f}s)")
     return 0

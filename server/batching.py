@@ -9,7 +9,7 @@ At most ``max_running`` batches run at once (one per core: FAISS releases the GI
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Generic, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -19,7 +19,7 @@ R = TypeVar("R")
 @dataclass
 class _Slot(Generic[T, R]):
     item: T
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event | None = None  # made only for a call that waits (a lone call runs at once)
     result: R | None = None
     error: BaseException | None = None
     lead: bool = False  # set when this waiting call is asked to run the next batch
@@ -62,14 +62,15 @@ class Batcher(Generic[T, R]):
                 self._running += 1
                 lead = True
             else:
+                slot.done = threading.Event()
                 self._pending.append(slot)
                 lead = False
         if lead:
             self._lead([slot])
         else:
-            slot.done.wait()
+            slot.done.wait()  # type: ignore[union-attr]
             if slot.lead:  # promoted: run the next batch (it includes this slot)
-                slot.done.clear()
+                slot.done.clear()  # type: ignore[union-attr]
                 with self._lock:
                     batch = self._take(slot)
                 self._lead(batch)
@@ -104,6 +105,7 @@ class Batcher(Generic[T, R]):
             else:
                 self._running -= 1
         for s in batch:
-            s.done.set()
+            if s.done is not None:
+                s.done.set()
         if nxt is not None:
-            nxt.done.set()
+            nxt.done.set()  # type: ignore[union-attr]

@@ -12,10 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
+from dualvec.ann import SearchParams
 from dualvec.bundle import Bundle
 from dualvec.errors import InvalidArgument, SpaceUnavailable, UnknownWords
 from dualvec.results import Neighbor, WordVector
 from dualvec.spaces import Space, pair_name
+
+
+UNTUNED = SearchParams()  # a pair the bundle recorded no tuning for: the index's defaults
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,7 @@ class SearchEngine:
             if i is None:
                 raise UnknownWords([q.positive[0]], q.query_space.value)
             row = self.bundle.vectors[q.query_space][i]
-            unit = row / float(np.linalg.norm(row))  # as the mean of one row below, bit for bit
+            unit = row / float(np.sqrt(row.dot(row)))  # np.linalg.norm's own formula: as the mean of one row below
             if not q.include_query_words:
                 exclude = frozenset((i,))
         else:
@@ -163,43 +167,50 @@ class SearchEngine:
         return self.search_prepared(prepared)
 
     def search_prepared(self, prepared: Sequence[PreparedQuery]) -> list[list[Neighbor]]:
-        if len(prepared) == 1:
-            p = prepared[0]
-            groups: dict[tuple, list[int]] = {(p.target, p.pair, p.exact, p.limit): [0]}
-        else:
-            groups = defaultdict(list)
-            for i, p in enumerate(prepared):
-                groups[(p.target, p.pair, p.exact, p.limit)].append(i)
+        if len(prepared) == 1:  # a lone query (the usual gRPC Search): no grouping
+            return self._search_group(prepared)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(prepared):
+            groups[(p.target, p.pair, p.exact, p.limit)].append(i)
         results: list[list[Neighbor]] = [[] for _ in prepared]
-        words = self.bundle.vocab.words
-        for (target, pair, exact, limit), members in groups.items():
-            space_index = self.bundle.spaces[target]
-            fetch = max(prepared[i].fetch for i in members)
-            vectors = np.stack([prepared[i].vector for i in members]) if len(members) > 1 else \
-                prepared[members[0]].vector[None, :]
-            if exact:
-                scores, ids = space_index.exact(vectors, fetch, limit)
-            else:
-                params = self.bundle.tuning(Space(pair.split("-")[0]), target).params
-                scores, ids = space_index.search(vectors, fetch, params, pair, limit)
-                # an approximate index can return fewer rows than asked (the IVF lists visited held too few):
-                # such queries are answered exactly, so that k neighbours come back whenever the vocabulary has them
-                rows = limit or space_index.n
-                found = (ids >= 0).sum(axis=1)
-                short = [row for row, i in enumerate(members) if found[row] < min(prepared[i].fetch, rows)]
-                if short:
-                    scores, ids = np.array(scores), np.array(ids)
-                    scores[short], ids[short] = space_index.exact(vectors[short], fetch, limit)
-            for row, i in enumerate(members):
-                p = prepared[i]
-                out: list[Neighbor] = []
-                for s, j in zip(scores[row].tolist(), ids[row].tolist()):
-                    if j < 0 or j in p.exclude:
-                        continue
-                    out.append(Neighbor(words[j], j, s))
-                    if len(out) == p.k:
-                        break
+        for members in groups.values():
+            for i, out in zip(members, self._search_group([prepared[i] for i in members])):
                 results[i] = out
+        return results
+
+    def _search_group(self, group: Sequence[PreparedQuery]) -> list[list[Neighbor]]:
+        """Queries alike in target space, pair, exactness and limit, answered with one FAISS call."""
+        first = group[0]
+        target, limit = first.target, first.limit
+        space_index = self.bundle.spaces[target]
+        fetch = max(p.fetch for p in group) if len(group) > 1 else first.fetch
+        vectors = np.stack([p.vector for p in group]) if len(group) > 1 else first.vector[None, :]
+        if first.exact:
+            scores, ids = space_index.exact(vectors, fetch, limit)
+        else:
+            tuned = self.bundle.pairs.get(first.pair)
+            params = tuned.params if tuned is not None else UNTUNED
+            scores, ids = space_index.search(vectors, fetch, params, first.pair, limit)
+            # an approximate index can return fewer rows than asked (the IVF lists visited held too few): such
+            # queries are answered exactly, so that k neighbours come back whenever the vocabulary has them
+            rows = limit or space_index.n
+            found = np.count_nonzero(ids >= 0, axis=1).tolist()
+            short = [row for row, p in enumerate(group) if found[row] < min(p.fetch, rows)]
+            if short:
+                scores, ids = np.array(scores), np.array(ids)
+                scores[short], ids[short] = space_index.exact(vectors[short], fetch, limit)
+        words = self.bundle.vocab.words
+        results = []
+        for p, row_scores, row_ids in zip(group, scores.tolist(), ids.tolist()):
+            out: list[Neighbor] = []
+            exclude, k = p.exclude, p.k
+            for sc, j in zip(row_scores, row_ids):
+                if j < 0 or j in exclude:
+                    continue
+                out.append(Neighbor(words[j], j, sc))
+                if len(out) == k:
+                    break
+            results.append(out)
         return results
 
     # -------------------------------------------------------------------------------------------- vectors & cos

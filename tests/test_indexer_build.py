@@ -12,6 +12,7 @@ import pytest
 from gensim.models import Word2Vec
 
 import dualvec.indexer.build as build_module
+from dualvec.ann import AUTO_EXACT_MAX_ROWS, HNSW_EF_CONSTRUCTION, build_index, choose_spec, graph_insertion_step
 from dualvec.bundle import read_bundle, read_manifest
 from dualvec.errors import BundleError, ModelError
 from dualvec.indexer.build import BuildConfig, build_bundle
@@ -133,6 +134,39 @@ def test_building_does_not_touch_the_model(lee_model, tmp_path):
 def test_auto_is_exact_for_a_small_vocabulary(tmp_path):
     manifest = build_bundle(synthetic(), tmp_path / "b", BuildConfig(index="auto", quiet=True))
     assert {m["spec"]["kind"] for m in manifest["indexes"].values()} == {"flat"}
+
+
+def test_auto_is_a_graph_above_the_exact_limit():
+    assert choose_spec("auto", AUTO_EXACT_MAX_ROWS, 300).kind == "flat"
+    spec = choose_spec("auto", AUTO_EXACT_MAX_ROWS + 1, 300)
+    assert (spec.kind, spec.factory, spec.ef_construction) == ("hnsw", "HNSW32,Flat", HNSW_EF_CONSTRUCTION)
+
+
+def test_graph_rows_go_in_by_vocabulary_order_in_small_calls_then_larger_ones():
+    steps, added = [], 0
+    while added < 1_000_000:
+        steps.append(graph_insertion_step(added))
+        added += steps[-1]
+    assert steps[0] == 1_000 and 10_000 < max(steps) <= 100_000 and len(steps) < 150
+    assert steps == sorted(steps), "calls only grow"
+    # the 50,000 most frequent words (the usual answers of cross-space queries) go in 1,000 to 2,500 at a time
+    head, added = [], 0
+    for step in steps:
+        if added >= 50_000:
+            break
+        head.append(step)
+        added += step
+    assert max(head) <= 2_500
+
+
+def test_a_graph_keeps_every_row_at_its_vocabulary_id():
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(5_000, 16)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    index = build_index(choose_spec("hnsw", 5_000, 16), rows)
+    assert index.ntotal == 5_000
+    _, ids = index.search(rows[::50], 1)
+    assert ids[:, 0].tolist() == list(range(0, 5_000, 50))
 
 
 # -------------------------------------------------------------------------------------------------- tuned ANN bundles
