@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-vectors", help="word2vec-format file (text or binary) of the OUT vectors")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
     p.add_argument("--index", default="auto",
-                   help="auto (exact below 20k words, IVF above), flat, hnsw, ivf, or a FAISS factory string")
+                   help="auto (exact below 20k words, an HNSW graph above), flat, hnsw, ivf, ivfpq, or a FAISS "
+                        "factory string (inner product; scalar quantizers get rows zero-padded to a multiple of 8)")
     p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 each pair is tuned to (0.95)")
     p.add_argument("--tune-queries", type=int, default=400, help="tuning queries per distribution (400)")
     p.add_argument("--eval-queries", type=int, default=1000, help="held-out queries per distribution (1000)")

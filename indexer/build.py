@@ -98,7 +98,8 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> d
             units[space], indexes[space], specs[space] = unit, index, spec
             timings[space.value] = round(time.perf_counter() - t0, 3)
             index_meta[space.value] = {"spec": {"kind": spec.kind, "factory": spec.factory,
-                                                "ef_construction": spec.ef_construction},
+                                                "ef_construction": spec.ef_construction,
+                                                "index_dim": spec.index_dim},
                                        "description": spec.describe(), "build_seconds": timings[space.value],
                                        "file": index_file(space) if index is not None else None}
         t_tune = time.perf_counter()

@@ -12,7 +12,8 @@ import pytest
 from gensim.models import Word2Vec
 
 import dualvec.indexer.build as build_module
-from dualvec.ann import AUTO_EXACT_MAX_ROWS, HNSW_EF_CONSTRUCTION, build_index, choose_spec, graph_insertion_step
+from dualvec.ann import (AUTO_EXACT_MAX_ROWS, HNSW_EF_CONSTRUCTION, SearchParams, SpaceIndex, build_index, choose_spec,
+                         graph_insertion_step)
 from dualvec.bundle import read_bundle, read_manifest
 from dualvec.errors import BundleError, ModelError
 from dualvec.indexer.build import BuildConfig, build_bundle
@@ -139,7 +140,30 @@ def test_auto_is_exact_for_a_small_vocabulary(tmp_path):
 def test_auto_is_a_graph_above_the_exact_limit():
     assert choose_spec("auto", AUTO_EXACT_MAX_ROWS, 300).kind == "flat"
     spec = choose_spec("auto", AUTO_EXACT_MAX_ROWS + 1, 300)
-    assert (spec.kind, spec.factory, spec.ef_construction) == ("hnsw", "HNSW32,Flat", HNSW_EF_CONSTRUCTION)
+    assert (spec.kind, spec.factory, spec.ef_construction) == ("hnsw", "HNSW32,SQ8", HNSW_EF_CONSTRUCTION)
+    assert spec.index_dim == 304  # scalar quantizers get FAISS's SIMD path only at a multiple of 8 dimensions
+    assert choose_spec("auto", AUTO_EXACT_MAX_ROWS + 1, 128).index_dim == 0
+    assert choose_spec("HNSW32,Flat", AUTO_EXACT_MAX_ROWS + 1, 300).index_dim == 0
+
+
+def test_padded_scalar_quantized_graph_scores_exactly_after_reranking():
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(3_000, 20)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    spec = choose_spec("hnsw", 3_000, 20)
+    assert spec.index_dim == 24
+    index = build_index(spec, rows)
+    assert index.d == 24 and index.ntotal == 3_000
+    decoded = index.reconstruct_n(0, 100)
+    assert np.isfinite(decoded).all() and np.all(decoded[:, 20:] == 0), "padding must decode to zeros"
+    space = SpaceIndex(rows, index)
+    assert not space.exact_scores and space.index_dim == 24
+    queries = rows[:50]
+    scores, ids = space.search(queries, 5, SearchParams(ef_search=64, rerank=8))
+    exact = np.einsum("md,mkd->mk", queries, rows[ids])
+    np.testing.assert_allclose(scores, exact, atol=1e-6)  # re-scored from the stored vectors, not the codes
+    truth = np.argsort(-(queries @ rows.T), axis=1)[:, :5]
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids.tolist(), truth.tolist())]) > 0.95
 
 
 def test_graph_rows_go_in_by_vocabulary_order_in_small_calls_then_larger_ones():
@@ -262,7 +286,8 @@ def test_compressed_index_returns_exact_cosines_after_reranking(lee_ivfpq_bundle
 def test_factory_string_and_ivf_list_limits(tmp_path):
     manifest = build_bundle(synthetic(), tmp_path / "f", BuildConfig(
         index="IVF16,Flat", quiet=True, tuning=TuningConfig(tune_queries=100, eval_queries=100, hub_queries=100)))
-    assert manifest["indexes"]["in"]["spec"] == {"kind": "ivf", "factory": "IVF16,Flat", "ef_construction": 0}
+    assert manifest["indexes"]["in"]["spec"] == {"kind": "ivf", "factory": "IVF16,Flat", "ef_construction": 0,
+                                                "index_dim": 0}
     assert all(p["recall_uniform"] >= TARGET for p in manifest["pairs"].values())
     with pytest.raises(ModelError, match="wants 4096 lists but the space has only 300 rows"):
         build_bundle(synthetic(), tmp_path / "g", BuildConfig(index="IVF4096,Flat", quiet=True))
