@@ -21,6 +21,7 @@ from dualvec.indexer.model_readers import read_model
 from dualvec.indexer.source_model import SourceModel
 from dualvec.indexer.tuning import TuningConfig
 from dualvec.info import bundle_summary
+from dualvec.server.search import SearchEngine, SearchQuery
 from dualvec.spaces import ALL_PAIRS, Space, pair_name
 
 K = 10
@@ -191,6 +192,23 @@ def test_a_graph_keeps_every_row_at_its_vocabulary_id():
     assert index.ntotal == 5_000
     _, ids = index.search(rows[::50], 1)
     assert ids[:, 0].tolist() == list(range(0, 5_000, 50))
+
+
+def test_a_padded_graph_bundle_round_trips_and_answers_exactly(tmp_path):
+    source = synthetic(n=2_000, d=12, seed=5)  # 12 dimensions: the SQ8 graph works on 16
+    manifest = build_bundle(source, tmp_path / "b", BuildConfig(index="hnsw", quiet=True, tuning=TuningConfig(
+        tune_queries=100, eval_queries=100, hub_queries=100)))
+    assert manifest["indexes"]["in"]["spec"]["index_dim"] == 16
+    bundle = read_bundle(tmp_path / "b")
+    space = bundle.spaces[Space.IN]
+    assert space.index_dim == 16 and space.dim == 12 and not space.exact_scores
+    engine = SearchEngine(bundle)
+    got = engine.search(SearchQuery(("w7",), query_space=Space.OUT, target_space=Space.IN, k=5))
+    unit = bundle.vectors[Space.IN]
+    query = bundle.vectors[Space.OUT][7]
+    for n in got:  # scores are exact cosines of the stored rows, not SQ8 approximations
+        assert abs(n.score - float(unit[n.id] @ query)) < 1e-5
+    assert all(p["recall_uniform"] >= TARGET for p in manifest["pairs"].values())
 
 
 # -------------------------------------------------------------------------------------------------- tuned ANN bundles
