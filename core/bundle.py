@@ -176,6 +176,9 @@ class PairTuning:
     recall_frequency: float | None = None
 
 
+UNTUNED = PairTuning(SearchParams())
+
+
 @dataclass
 class Bundle:
     """A bundle read from disk: vocabulary, per-space unit vectors, norms and searchable indexes."""
@@ -201,7 +204,11 @@ class Bundle:
         return space in self.vectors
 
     def tuning(self, query: Space, target: Space) -> PairTuning:
-        return self.pairs.get(pair_name(query, target), PairTuning(SearchParams()))
+        return self.pair_tuning(pair_name(query, target))
+
+    def pair_tuning(self, pair: str) -> PairTuning:
+        """The tuning recorded for a pair ("in-out"), or the index's defaults when none was."""
+        return self.pairs.get(pair, UNTUNED)
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -292,6 +299,10 @@ def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool =
             except RuntimeError:
                 index = faiss.read_index(ipath)  # index types FAISS cannot map are read into memory
             _no_prefetch_threads(index)
+            expected = max(manifest["dim"], spec.index_dim)
+            if index.d != expected:
+                raise BundleError(f"bundle {path}: {index_file(space)} works in {index.d} dimensions, expected "
+                                  f"{expected} (the manifest's dim {manifest['dim']}, index_dim {spec.index_dim})")
         spaces[space] = SpaceIndex(vec, index)
     pairs: dict[str, PairTuning] = {}
     for pname, entry in manifest.get("pairs", {}).items():

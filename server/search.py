@@ -12,14 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from dualvec.ann import SearchParams
 from dualvec.bundle import Bundle
 from dualvec.errors import InvalidArgument, SpaceUnavailable, UnknownWords
 from dualvec.results import Neighbor, WordVector
 from dualvec.spaces import Space, pair_name
-
-
-UNTUNED = SearchParams()  # a pair the bundle recorded no tuning for: the index's defaults
 
 
 @dataclass(frozen=True)
@@ -128,9 +124,7 @@ class SearchEngine:
                 raise InvalidArgument(f + "vector", "is all zeros: it has no direction to search")
             unit = vec64 / norm
         elif len(q.positive) == 1 and not q.negative:  # the common case: one word, its (unit) row
-            i = self.bundle.vocab.index.get(q.positive[0])
-            if i is None:
-                raise UnknownWords([q.positive[0]], q.query_space.value)
+            i = self.word_ids(q.positive, q.query_space)[0]
             row = self.bundle.vectors[q.query_space][i]
             unit = row / float(np.sqrt(row.dot(row)))  # np.linalg.norm's own formula: as the mean of one row below
             if not q.include_query_words:
@@ -188,8 +182,7 @@ class SearchEngine:
         if first.exact:
             scores, ids = space_index.exact(vectors, fetch, limit)
         else:
-            tuned = self.bundle.pairs.get(first.pair)
-            params = tuned.params if tuned is not None else UNTUNED
+            params = self.bundle.pair_tuning(first.pair).params
             scores, ids = space_index.search(vectors, fetch, params, first.pair, limit)
             # an approximate index can return fewer rows than asked (the IVF lists visited held too few): such
             # queries are answered exactly, so that k neighbours come back whenever the vocabulary has them

@@ -115,6 +115,17 @@ def test_a_manifest_lacking_a_field_is_refused(bundle_copy):
         read_bundle(bundle_copy)
 
 
+def test_an_index_of_another_dimension_is_refused_naming_both(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    indexes = manifest["indexes"]
+    indexes["in"]["spec"]["index_dim"] = manifest["dim"] + 8  # says the index works on padded rows; it does not
+    edit_manifest(bundle_copy, indexes=indexes)
+    with pytest.raises(BundleError) as err:
+        read_bundle(bundle_copy)
+    one_sentence(str(err.value))
+    assert "in.index.faiss" in str(err.value) and f"expected {manifest['dim'] + 8}" in str(err.value)
+
+
 def test_writer_renames_into_place_only_at_commit(tmp_path):
     target = tmp_path / "new.bundle"
     with BundleWriter(target) as writer:
