@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualvec.bundle import BundleWriter, read_bundle, read_manifest
+from dualvec.bundle import BundleWriter, prefault_pages, read_bundle, read_manifest
 from dualvec.errors import BundleError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bundle_v1"
@@ -172,3 +172,38 @@ def test_writer_never_replaces_something_that_is_not_a_bundle(tmp_path):
         BundleWriter(a_file, force=True)
     assert a_file.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photos"]
+
+
+def _mapped_kib(path: Path) -> tuple[int, int]:
+    """(Size, Rss) in KiB of this process's memory maps of one file, from /proc/self/smaps."""
+    size = rss = 0
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and fields[0] == "Size:":
+            size += int(fields[1])
+        elif inside and fields[0] == "Rss:":
+            rss += int(fields[1])
+    return size, rss
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_prefault_pages_maps_every_page_of_a_memory_map(tmp_path):
+    path = (tmp_path / "rows.npy").resolve()
+    np.save(path, np.arange(1_000_000, dtype=np.float32).reshape(2_500, 400))  # 4 MB
+    rows = np.load(path, mmap_mode="r")
+    size, rss = _mapped_kib(path)
+    assert size >= 3_900 and rss < size // 4  # mapped, untouched: pages fault in on first use
+    prefault_pages(np.asarray(rows))
+    size, rss = _mapped_kib(path)
+    assert rss >= size - 8
+    assert float(rows[-1, -1]) == 999_999.0
+
+
+def test_a_prefaulted_bundle_reads_the_same_values(bundle_copy):
+    lazy = read_bundle(bundle_copy, checksums=False)
+    eager = read_bundle(bundle_copy, checksums=False, prefault=True)
+    for space in lazy.vectors:
+        assert np.array_equal(eager.vectors[space], lazy.vectors[space])
