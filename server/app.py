@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from dualvec.bundle import read_bundle
 from dualvec.errors import DualvecError
 from dualvec.server.admission import AdmissionControl
+from dualvec.server.cpu_affinity import pin_process
 from dualvec.server.search import Limits, SearchEngine
 from dualvec.server.servicer import DualVecServicer
 from dualvec.v1 import dualvec_pb2 as pb
@@ -48,6 +49,8 @@ class ServerConfig:
     faiss_threads: int = 1     # per search call: one query with many OpenMP threads is slower than with one
     batch_size: int = 64       # concurrent Search calls answered by one FAISS call (1 = no batching)
     concurrent_batches: int = 2  # FAISS calls running at once (one per core)
+    prefault: bool = True      # map every page of the vectors at load (dualvec.bundle.prefault_pages)
+    cpus: str = "auto"         # CPUs `dualvec serve` runs on (dualvec.server.cpu_affinity)
 
 
 @dataclass
@@ -75,7 +78,7 @@ def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
         while name in engines:
             name, i = f"{base}-{i}", i + 1
         started = time.perf_counter()
-        bundle = read_bundle(path, checksums=cfg.checksums)
+        bundle = read_bundle(path, checksums=cfg.checksums, prefault=cfg.prefault)
         engines[name] = SearchEngine(bundle, limits)
         log.info("loaded bundle %s as %r: %d words x %d dims, spaces %s (%.1f s)", bundle.path, name,
                  bundle.vocab_size, bundle.dim, ",".join(s.upper() for s in bundle.manifest["spaces"]),
@@ -132,6 +135,7 @@ def serve_forever(cfg: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    pin_process(cfg.cpus)  # before any server thread exists: they inherit it
     engines = load_engines(cfg)
     running = start_server(engines, cfg)
     log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d)",
