@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from operator import itemgetter
 
 import faiss
 import numpy as np
@@ -286,14 +287,19 @@ class SpaceIndex:
     def rescore(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosines of (m, c) candidate ids (-1 = none) against (m, d) queries; the best k of each row."""
         valid = candidates >= 0
-        safe = np.where(valid, candidates, 0)
+        all_valid = bool(valid.all())
+        safe = candidates if all_valid else np.where(valid, candidates, 0)
         rows = np.asarray(self.vectors[safe.ravel()], dtype=np.float32).reshape(*safe.shape, self.dim)
         exact = np.einsum("md,mcd->mc", queries, rows)
-        exact = np.where(valid, exact, -np.inf)
+        if not all_valid:
+            exact[~valid] = -np.inf
         kk = min(k, exact.shape[1])
         order = np.argsort(-exact, axis=1, kind="stable")[:, :kk]
-        out_s = np.take_along_axis(exact, order, axis=1).astype(np.float32)
-        out_i = np.where(np.isfinite(out_s), np.take_along_axis(candidates, order, axis=1), -1)
+        row = np.arange(len(order))[:, None]  # plain fancy indexing: take_along_axis costs ~10 us a call
+        out_s = exact[row, order].astype(np.float32, copy=False)
+        out_i = candidates[row, order]
+        if not all_valid:
+            out_i = np.where(np.isfinite(out_s), out_i, -1)
         return _pad(out_s, out_i, k)
 
     def _merge_hubs(self, queries, k, pair, h, scores, ids, limit):
@@ -351,8 +357,9 @@ def _merge_one(scores: np.ndarray, ids: np.ndarray, hub_scores: np.ndarray, hub_
                k: int) -> tuple[np.ndarray, np.ndarray]:
     """_merge_hubs for one query, without the (m, c, c) arrays: a stable sort of the two short lists (the index's
     answer first on equal scores, as in _merge_hubs), then the first k distinct ids."""
+    # reverse=True keeps equal scores in their first order, as a stable sort on -score does
     merged = sorted(zip(scores.tolist() + hub_scores.tolist(), ids.tolist() + hub_ids.tolist()),
-                    key=lambda pair: -pair[0])
+                    key=itemgetter(0), reverse=True)
     out_s, out_i, seen = [], [], set()
     for s, i in merged:
         if i < 0 or s == -np.inf or i in seen:
