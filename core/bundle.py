@@ -33,6 +33,7 @@ import numpy as np
 from dualvec import __version__
 from dualvec.ann import IndexSpec, SearchParams, SpaceIndex
 from dualvec.errors import BundleError
+from dualvec.huge_pages import use_huge_pages
 from dualvec.spaces import Space, pair_name
 
 FORMAT_NAME = "dualvec-bundle"
@@ -271,8 +272,9 @@ def read_vocab(path: Path) -> Vocabulary:
 def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool = True,
                 prefault: bool = False) -> Bundle:
     """Load a bundle. Vectors are memory-mapped (mmap=True); IVF and flat indexes are mapped too where FAISS
-    can. prefault: map every page of the vectors into this process now (see ``prefault_pages``): what a server
-    wants, a one-shot command does not. Raises BundleError naming what is wrong (missing, wrong version,
+    can. prefault: ready the memory for serving now: every page of the vectors mapped into this process
+    (``prefault_pages``) and an in-memory graph moved to huge pages where the kernel allows
+    (``dualvec.huge_pages``): what a server wants, a one-shot command does not. Raises BundleError naming what is wrong (missing, wrong version,
     damaged)."""
     path = Path(path).absolute()
     manifest = read_manifest(path)
@@ -305,6 +307,8 @@ def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool =
             except RuntimeError:
                 index = faiss.read_index(ipath)  # index types FAISS cannot map are read into memory
             _no_prefetch_threads(index)
+            if prefault:
+                use_huge_pages(index)
             expected = max(manifest["dim"], spec.index_dim)
             if index.d != expected:
                 raise BundleError(f"bundle {path}: {index_file(space)} works in {index.d} dimensions, expected "
