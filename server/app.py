@@ -6,6 +6,7 @@ NOT_SERVING first, new calls are refused, and in-flight calls get a grace period
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -137,6 +138,8 @@ def serve_forever(cfg: ServerConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     pin_process(cfg.cpus)  # before any server thread exists: they inherit it
     engines = load_engines(cfg)
+    # a bundle's vocabulary is millions of long-lived objects: leave them out of every later garbage collection
+    gc.freeze()
     running = start_server(engines, cfg)
     log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d)",
              ", ".join(engines), running.address, cfg.max_k, cfg.workers, cfg.max_queue)
