@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 TIE_EPS = 1e-4
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
-RERANK_GRID = (4, 8, 16, 32, 64, 128)
+RERANK_GRID = (2, 4, 8, 16, 32, 64, 128)
 HUB_GRID = (256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 # The held-out recall must reach the target by this many standard errors: a setting chosen because its sample
 # recall just crossed the target is as likely below as above it on queries the build never saw.

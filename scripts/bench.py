@@ -172,7 +172,7 @@ class Bench:
                                          "others_cpu_share": {}}, "problems": []}
         self.server = None
         with self.phase("load bundle and ground truth"):
-            self.bundle = read_bundle(cfg.bundle, checksums=False)
+            self.bundle = read_bundle(cfg.bundle, checksums=False, prefault=True)  # as the server reads it
             b = self.bundle
             self.pairs = [p for p in ("in-in", "in-out", "out-in", "out-out")
                           if all(b.has_space(s) for s in _spaces(p))]
