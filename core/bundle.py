@@ -274,8 +274,8 @@ def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool =
     """Load a bundle. Vectors are memory-mapped (mmap=True); IVF and flat indexes are mapped too where FAISS
     can. prefault: ready the memory for serving now: every page of the vectors mapped into this process
     (``prefault_pages``) and an in-memory graph moved to huge pages where the kernel allows
-    (``dualvec.huge_pages``): what a server wants, a one-shot command does not. Raises BundleError naming what is wrong (missing, wrong version,
-    damaged)."""
+    (``dualvec.huge_pages``): what a server wants, a one-shot command does not. Raises BundleError naming what
+    is wrong (missing, wrong version, damaged)."""
     path = Path(path).absolute()
     manifest = read_manifest(path)
     verify_files(path, manifest, checksums=checksums)
@@ -338,8 +338,7 @@ def prefault_pages(array: np.ndarray) -> None:
     or 1,019 instead of 578 us (IN->IN) to search. The pages stay shared page cache: clean, and reclaimable by the
     kernel under memory pressure (they then fault in again)."""
     flat = array.reshape(-1).view(np.uint8)
-    if flat.size:
-        int(flat[::PAGESIZE].sum(dtype=np.uint64))
+    flat[::PAGESIZE].sum(dtype=np.uint64)  # the reads are the point; the sum is thrown away
 
 
 def _no_prefetch_threads(index: faiss.Index) -> None:
