@@ -4,7 +4,7 @@ A graph search is a chain of dependent reads scattered over hundreds of megabyte
 then each neighbour's code); with 4 KiB pages nearly every one of them also misses the TLB. ``madvise``
 MADV_HUGEPAGE marks the index's buffers for 2 MiB pages and MADV_COLLAPSE (Linux 6.1+) moves them there at once,
 instead of waiting for khugepaged. Measured at 1M x 300 (HNSW32 over SQ8, one thread, single queries): same-space
-searches 12 % faster (IN->IN 376 -> 332 us, OUT->OUT 465 -> 413 us), cross-space ones unchanged, for about 0.6 s
+searches 12 % faster (IN->IN 376 -> 332 us, OUT->OUT 465 -> 413 us), cross-space ones unchanged, for about 1.3 s
 per space at load. Nothing changes where the kernel or the platform says no: the buffers stay on 4 KiB pages.
 Memory-mapped files (the vectors) are left alone: the kernel refuses to collapse file pages on most filesystems.
 """

@@ -9,7 +9,7 @@ class Neighbor(NamedTuple):
     """One search result: the word, its vocabulary row (0 = most frequent) and its cosine to the query.
 
     A named tuple rather than a frozen dataclass: a query makes ten or more of them on each side of a call, and a
-    frozen dataclass takes several times longer to build."""
+    frozen dataclass takes about twice as long to build (0.46 against 0.25 us here)."""
 
     word: str
     id: int
