@@ -5,8 +5,8 @@ search. When the scheduler spreads them over CPUs, every hand-off wakes another 
 runs on a core whose caches hold none of the index. Kept on one CPU, the hand-offs are plain context switches and
 the hot part of the graph stays in that core's cache. Measured on a 2-CPU machine at 1M x 300 (the clients on
 the same machine), one CPU for the server gave lower latency *and* more throughput than two: a bare gRPC call
-0.45 instead of 0.55 ms (medians of 4 alternated starts), one closed-loop client's p99 1.9 instead of 4.9 ms, 1,095 instead of 786 queries/s at 32 clients
-(docs/performance.md). Python's GIL keeps the server's own work near one core in any case.
+0.45 instead of 0.55 ms (medians of 4 alternated starts), one closed-loop client's p99 1.9 instead of 4.9 ms,
+1,095 instead of 786 queries/s at 32 clients (docs/performance.md). Python's GIL keeps the server's own work near one core in any case.
 
 ``auto`` applies that where it was measured, on machines that give this process two CPUs or fewer, and leaves
 placement to the operating system on bigger ones (not measured there).
