@@ -172,7 +172,7 @@ def plan(args, lines: list[list[str]], rng: np.random.Generator, log) -> dict:
 
 def write_corpus(args, pl: dict, rng: np.random.Generator, path: Path, tqdm) -> tuple[np.ndarray, list[str]]:
     """Write the enlarged corpus; return (final counts per word id, words) with ids: base words, then variants."""
-    flat, lens, P, T, n_base = pl["flat"], pl["lens"], pl["P"], pl["T"], pl["n_base"]
+    flat, lens, P, n_base = pl["flat"], pl["lens"], pl["P"], pl["n_base"]
     vcount, vbase, serial, order = pl["vcount"], pl["vbase"], pl["serial"], pl["order"]
     n_var = len(vcount)
     keep = pl["keep"]
