@@ -355,12 +355,18 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def memory(self) -> dict:
-        """Resident memory of the server process: RSS and USS (memory unique to it) in bytes, via psutil."""
+        """Resident memory of the server, in bytes, via psutil: with `serve --processes N`, of the parent and its
+        children together. RSS is the largest of them (they map the same pages), USS (memory unique to each) and
+        PSS (shared pages split between the processes that map them) are summed: PSS is then the server's real
+        total."""
         import psutil
 
-        info = psutil.Process(self.pid).memory_full_info()
-        return {"rss_bytes": int(info.rss), "uss_bytes": int(info.uss),
-                "pss_bytes": int(getattr(info, "pss", 0)), "threads": psutil.Process(self.pid).num_threads()}
+        parent = psutil.Process(self.pid)
+        procs = [parent, *parent.children(recursive=True)]
+        infos = [p.memory_full_info() for p in procs]
+        return {"rss_bytes": max(int(i.rss) for i in infos), "uss_bytes": sum(int(i.uss) for i in infos),
+                "pss_bytes": sum(int(getattr(i, "pss", 0)) for i in infos),
+                "threads": sum(p.num_threads() for p in procs), "processes": len(procs)}
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (graceful drain), then SIGKILL after timeout. Returns the exit code."""

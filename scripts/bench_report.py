@@ -158,8 +158,9 @@ def format_report(r: dict) -> str:
     if mem.get("after_load"):
         a, z = mem["after_load"], mem.get("after_benchmark") or mem["after_load"]
         out.append(f"  server memory after load: RSS {_mib(a['rss_bytes'])}, USS {_mib(a['uss_bytes'])}; after the "
-                   f"benchmark: RSS {_mib(z['rss_bytes'])}, USS {_mib(z['uss_bytes'])} ({z['threads']} threads); "
-                   f"server up in {mem['load_seconds']:.1f} s")
+                   f"benchmark: RSS {_mib(z['rss_bytes'])}, USS {_mib(z['uss_bytes'])} ({z['threads']} threads"
+                   + (f" in {z['processes']} processes, PSS {_mib(z['pss_bytes'])} in all" if z.get("processes", 1) > 1
+                      else "") + f"); server up in {mem['load_seconds']:.1f} s")
         out.append(f"  reproduce: {mem['command']}")
     sw = r.get("sweep")
     if sw:

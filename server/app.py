@@ -23,9 +23,10 @@ from grpc_reflection.v1alpha import reflection
 from dualvec.bundle import read_bundle
 from dualvec.errors import DualvecError
 from dualvec.server.admission import AdmissionControl
-from dualvec.server.cpu_affinity import pin_process
+from dualvec.server.cpu_affinity import available_cpus, pin_process
 from dualvec.server.search import Limits, SearchEngine
 from dualvec.server.servicer import DualVecServicer
+from dualvec.server.worker_processes import child_cpus, serve_in_processes
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
@@ -52,6 +53,7 @@ class ServerConfig:
     concurrent_batches: int = 2  # FAISS calls running at once (one per core)
     prefault: bool = True      # map every page of the vectors at load (dualvec.bundle.prefault_pages)
     cpus: str = "auto"         # CPUs `dualvec serve` runs on (dualvec.server.cpu_affinity)
+    processes: int = 1         # server processes on the port, one CPU each (dualvec.server.worker_processes)
 
 
 @dataclass
@@ -87,8 +89,9 @@ def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
     return engines
 
 
-def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig) -> RunningServer:
-    """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound."""
+def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_port: bool = False) -> RunningServer:
+    """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound. reuse_port: share
+    the port with the other processes of `serve --processes` (SO_REUSEPORT)."""
     # admission control bounds the DualVec calls (fast "server overloaded" refusals beyond max_queue, deadlines
     # honoured while waiting); the pool has a thread for every call taken, so health never queues behind searches
     admission = AdmissionControl(cfg.max_queue, cfg.workers, (SERVICE_NAME,))
@@ -101,7 +104,7 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig) -> Running
                          interceptors=(admission,), maximum_concurrent_rpcs=admission.threads,
                          options=[("grpc.max_receive_message_length", 64 << 20),
                                   ("grpc.max_send_message_length", 64 << 20),
-                                  ("grpc.so_reuseport", 0),
+                                  ("grpc.so_reuseport", 1 if reuse_port else 0),
                                   ("grpc.server.max_pending_requests", admission.backlog_limits[0]),
                                   ("grpc.server.max_pending_requests_hard_limit", admission.backlog_limits[1])])
     servicer = DualVecServicer(engines, batch_size=cfg.batch_size, concurrent_batches=cfg.concurrent_batches)
@@ -136,10 +139,18 @@ def serve_forever(cfg: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    pin_process(cfg.cpus)  # before any server thread exists: they inherit it
+    if cfg.processes < 1:
+        raise DualvecError(f"--processes must be >= 1, got {cfg.processes}")
+    if cfg.processes > 1:
+        child_cpus(cfg.cpus, cfg.processes, available_cpus())  # a bad --cpus fails before the bundles load
+    else:
+        pin_process(cfg.cpus)  # before any server thread exists: they inherit it
     engines = load_engines(cfg)
     # a bundle's vocabulary is millions of long-lived objects: leave them out of every later garbage collection
+    # (and, with --processes, keep the collector from writing to pages the children share)
     gc.freeze()
+    if cfg.processes > 1:
+        return serve_in_processes(cfg, engines, start_server)
     running = start_server(engines, cfg)
     log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d)",
              ", ".join(engines), running.address, cfg.max_k, cfg.workers, cfg.max_queue)

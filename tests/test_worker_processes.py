@@ -1,0 +1,95 @@
+"""`dualvec serve --processes N`: N children share one port and one loaded bundle, each pinned to its own CPU;
+they answer as the in-process search core does, and on SIGTERM they all drain and the parent exits 0. A port in
+use is refused before anything forks, and a child that dies takes the server down with exit 1."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dualvec.server.search import SearchQuery
+from dualvec.server.worker_processes import child_cpus
+from dualvec.spaces import ALL_PAIRS
+from dualvec.v1 import dualvec_pb2 as pb
+from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+
+from test_server_process import DUALVEC, GRACE, PB_SPACE, START_LINE, STOP_LINE, ServeProcess, engine  # noqa: F401
+
+needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                                    reason="needs two CPUs")
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+@pytest.mark.parametrize("spec, available, expected", [
+    ("auto", {0, 1}, [{0}, {1}]), ("auto", {0, 1}, [{0}, {1}, {0}]), ("2,5", set(range(8)), [{2}, {5}]),
+    ("all", {0, 1}, [None, None]), ("auto", None, [None, None])])
+def test_each_child_gets_one_cpu_in_turn(spec, available, expected):
+    assert child_cpus(spec, len(expected), available) == expected
+
+
+@needs_two_cpus
+def test_two_processes_answer_like_the_core_then_drain_and_exit_0(lee_bundle, engine):  # noqa: F811
+    server = ServeProcess(lee_bundle, "--processes", "2")
+    try:
+        address = server.wait_started()
+        kids = children_of(server.proc.pid)
+        assert len(kids) == 2
+        first_two = sorted(os.sched_getaffinity(0))[:2]
+        assert sorted(tuple(os.sched_getaffinity(k)) for k in kids) == [(c,) for c in first_two]
+        words = engine.bundle.vocab.words[5:11]
+        for n in range(6):  # separate connections: the kernel spreads them over the children
+            channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            stub = pb_grpc.DualVecStub(channel)
+            qs, ts = ALL_PAIRS[n % len(ALL_PAIRS)]
+            got = stub.Search(pb.SearchRequest(positive=[words[n]], query_space=PB_SPACE[qs], target_space=PB_SPACE[ts],
+                                               k=5), timeout=20)
+            want = engine.search(SearchQuery(positive=(words[n],), query_space=qs, target_space=ts, k=5))
+            assert [x.word for x in got.neighbors] == [x.word for x in want]
+            channel.close()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=GRACE + 30) == 0
+        log = server.log()
+        assert len([line for line in log.splitlines() if START_LINE.search(line)]) == 1
+        assert len([line for line in log.splitlines() if STOP_LINE.search(line)]) == 1
+        assert "2 processes" in log and "Traceback" not in log
+        for k in kids:
+            assert not Path(f"/proc/{k}").exists()
+    finally:
+        server.kill()
+
+
+def test_a_port_in_use_is_refused_before_forking(lee_bundle):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        run = subprocess.run([DUALVEC, "serve", str(lee_bundle), "--port", str(port), "--processes", "2"],
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "Traceback" not in run.stderr
+
+
+@needs_two_cpus
+def test_a_child_that_dies_stops_the_server_with_exit_1(lee_bundle):
+    server = ServeProcess(lee_bundle, "--processes", "2")
+    try:
+        server.wait_started()
+        kids = children_of(server.proc.pid)
+        os.kill(kids[0], signal.SIGKILL)
+        assert server.proc.wait(timeout=GRACE + 30) == 1
+        log = server.log()
+        assert f"(pid {kids[0]}) exited with code -9" in log
+        time.sleep(0.5)
+        assert not Path(f"/proc/{kids[1]}").exists() or children_of(server.proc.pid) == []
+    finally:
+        server.kill()
