@@ -13,16 +13,22 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dualvec.server.search import SearchQuery
+from dualvec.bundle import read_bundle
+from dualvec.server.search import SearchEngine, SearchQuery
 from dualvec.server.worker_processes import child_cpus
 from dualvec.spaces import ALL_PAIRS
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
-from test_server_process import DUALVEC, GRACE, PB_SPACE, START_LINE, STOP_LINE, ServeProcess, engine  # noqa: F401
+from test_server_process import DUALVEC, GRACE, PB_SPACE, START_LINE, STOP_LINE, ServeProcess
 
 needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                                     reason="needs two CPUs")
+
+
+@pytest.fixture(scope="module")
+def engine(lee_bundle) -> SearchEngine:
+    return SearchEngine(read_bundle(lee_bundle))
 
 
 def children_of(pid: int) -> list[int]:
@@ -38,7 +44,7 @@ def test_each_child_gets_one_cpu_in_turn(spec, available, expected):
 
 
 @needs_two_cpus
-def test_two_processes_answer_like_the_core_then_drain_and_exit_0(lee_bundle, engine):  # noqa: F811
+def test_two_processes_answer_like_the_core_then_drain_and_exit_0(lee_bundle, engine):
     server = ServeProcess(lee_bundle, "--processes", "2")
     try:
         address = server.wait_started()
