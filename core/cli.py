@@ -179,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", default="auto", metavar="LIST",
                    help="CPUs the server runs on: 'auto' (one CPU on machines with 2 or fewer, where that measured "
                         "faster; the OS decides on bigger ones), 'all', or a list like '1', '0,2', '0-3'")
-    p.add_argument("--processes", type=int, default=1, metavar="N",
-                   help="server processes sharing the port and one loaded bundle, each on its own CPU of --cpus "
-                        "(auto: all): more throughput under many clients, the same latency for one (1)")
+    p.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="server processes sharing the port and one loaded bundle, each on its own CPU of --cpus: "
+                        "more throughput under many clients, the same latency for one; 0 = auto: one per CPU on "
+                        "machines with 2 or fewer, where that measured faster, else 1 (0)")
     p.add_argument("--no-prefault", action="store_true",
                    help="map the vectors' pages on first use instead of at load: a faster start, but early "
                         "queries pay a page fault per row they read (at 1M x 300, 1.7x slower searches)")

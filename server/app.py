@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -26,7 +26,7 @@ from dualvec.server.admission import AdmissionControl
 from dualvec.server.cpu_affinity import available_cpus, pin_process
 from dualvec.server.search import Limits, SearchEngine
 from dualvec.server.servicer import DualVecServicer
-from dualvec.server.worker_processes import child_cpus, serve_in_processes
+from dualvec.server.worker_processes import child_cpus, resolve_processes, serve_in_processes
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
@@ -53,7 +53,7 @@ class ServerConfig:
     concurrent_batches: int = 2  # FAISS calls running at once (one per core)
     prefault: bool = True      # map every page of the vectors at load (dualvec.bundle.prefault_pages)
     cpus: str = "auto"         # CPUs `dualvec serve` runs on (dualvec.server.cpu_affinity)
-    processes: int = 1         # server processes on the port, one CPU each (dualvec.server.worker_processes)
+    processes: int = 0         # server processes on the port, one CPU each; 0 = auto (dualvec.server.worker_processes)
 
 
 @dataclass
@@ -139,10 +139,10 @@ def serve_forever(cfg: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if cfg.processes < 1:
-        raise DualvecError(f"--processes must be >= 1, got {cfg.processes}")
-    if cfg.processes > 1:
-        child_cpus(cfg.cpus, cfg.processes, available_cpus())  # a bad --cpus fails before the bundles load
+    processes = resolve_processes(cfg.processes, cfg.cpus, available_cpus())  # a bad --cpus fails here, early
+    cfg = replace(cfg, processes=processes)
+    if processes > 1:
+        child_cpus(cfg.cpus, processes, available_cpus())
     else:
         pin_process(cfg.cpus)  # before any server thread exists: they inherit it
     engines = load_engines(cfg)

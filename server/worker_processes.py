@@ -25,9 +25,23 @@ import time
 from dataclasses import replace
 
 from dualvec.errors import DualvecError
-from dualvec.server.cpu_affinity import available_cpus, format_cpus, parse_cpus
+from dualvec.server.cpu_affinity import AUTO_PIN_MAX_CPUS, available_cpus, format_cpus, parse_cpus
 
 log = logging.getLogger("dualvec.server")
+
+
+def resolve_processes(requested: int, spec: str, available: set[int] | None) -> int:
+    """How many server processes ``--processes`` asks for: a number as given, or 0 for auto: one per CPU of the
+    ``--cpus`` set on machines that give this process AUTO_PIN_MAX_CPUS CPUs or fewer (measured there: the same
+    single-query latency, 1.6x the throughput under many clients), else 1 (not measured on bigger machines)."""
+    if requested < 0:
+        raise DualvecError(f"--processes must be >= 0 (0: auto), got {requested}")
+    if requested:
+        return requested
+    if available is None or len(available) > AUTO_PIN_MAX_CPUS or spec.strip().lower() == "all":
+        return 1
+    chosen = available if spec.strip().lower() == "auto" else parse_cpus(spec, available) or available
+    return len(chosen)
 
 
 def child_cpus(spec: str, processes: int, available: set[int] | None) -> list[set[int] | None]:

@@ -15,7 +15,8 @@ import pytest
 
 from dualvec.bundle import read_bundle
 from dualvec.server.search import SearchEngine, SearchQuery
-from dualvec.server.worker_processes import child_cpus
+from dualvec.errors import DualvecError
+from dualvec.server.worker_processes import child_cpus, resolve_processes
 from dualvec.spaces import ALL_PAIRS
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
@@ -41,6 +42,18 @@ def children_of(pid: int) -> list[int]:
     ("all", {0, 1}, [None, None]), ("auto", None, [None, None])])
 def test_each_child_gets_one_cpu_in_turn(spec, available, expected):
     assert child_cpus(spec, len(expected), available) == expected
+
+
+@pytest.mark.parametrize("requested, spec, available, expected", [
+    (0, "auto", {0, 1}, 2), (0, "1", {0, 1}, 1), (0, "all", {0, 1}, 1), (0, "auto", {0}, 1),
+    (0, "auto", set(range(8)), 1), (0, "auto", None, 1), (3, "auto", set(range(8)), 3)])
+def test_auto_is_one_process_per_cpu_only_on_machines_of_two(requested, spec, available, expected):
+    assert resolve_processes(requested, spec, available) == expected
+
+
+def test_a_negative_count_is_refused():
+    with pytest.raises(DualvecError, match="--processes must be >= 0"):
+        resolve_processes(-1, "auto", {0, 1})
 
 
 @needs_two_cpus
