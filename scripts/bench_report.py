@@ -69,8 +69,11 @@ def judge_targets(r: dict) -> list[dict]:
     mem = r.get("memory", {})
     if mem.get("after_benchmark"):
         m = mem["after_benchmark"]
-        rows.append(_row("server memory reported", f"RSS {_mib(m['rss_bytes'])}, USS {_mib(m['uss_bytes'])}", True,
-                         mem["command"]))
+        many = m.get("processes", 1) > 1
+        what = (f"{m['processes']} processes: PSS {_mib(m['pss_bytes'])} in all, USS {_mib(m['uss_bytes'])} "
+                f"unshared, largest RSS {_mib(m['rss_bytes'])}" if many else
+                f"RSS {_mib(m['rss_bytes'])}, USS {_mib(m['uss_bytes'])}")
+        rows.append(_row("server memory reported", what, True, mem["command"]))
     else:
         rows.append(_row("server memory reported", "not measured (no server phase ran)", None, ""))
     return rows
