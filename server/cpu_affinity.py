@@ -9,7 +9,8 @@ the same machine), one CPU for the server gave lower latency *and* more throughp
 1,095 instead of 786 queries/s at 32 clients (docs/performance.md). Python's GIL keeps the server's own work near one core in any case.
 
 ``auto`` applies that where it was measured, on machines that give this process two CPUs or fewer, and leaves
-placement to the operating system on bigger ones (not measured there).
+placement to the operating system on bigger ones (not measured there). With several server processes
+(``--processes``), each is pinned to one CPU of the set instead (``dualvec.server.worker_processes``).
 """
 from __future__ import annotations
 
