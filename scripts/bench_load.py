@@ -29,8 +29,9 @@ def _worker(address: str, queries: Sequence[tuple[str, str, str]], threads: int,
     requests = [pb.SearchRequest(positive=[w], query_space=SPACE[q], target_space=SPACE[t], k=k)
                 for w, q, t in queries]
     stubs = []
-    for _ in range(threads):
-        channel = grpc.insecure_channel(address)
+    for j in range(threads):
+        # distinct channel args: gRPC would otherwise share one connection between a process's channels
+        channel = grpc.insecure_channel(address, options=[("dualvec.bench.client", offset + j)])
         grpc.channel_ready_future(channel).result(timeout=30)
         stubs.append((channel, pb_grpc.DualVecStub(channel)))
     ready.put(1)
