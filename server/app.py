@@ -150,7 +150,7 @@ def serve_forever(cfg: ServerConfig) -> int:
     # (and, with --processes, keep the collector from writing to pages the children share)
     gc.freeze()
     if cfg.processes > 1:
-        return serve_in_processes(cfg, engines, start_server)
+        return serve_in_processes(cfg, engines, start_server, stop, received)
     running = start_server(engines, cfg)
     log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d)",
              ", ".join(engines), running.address, cfg.max_k, cfg.workers, cfg.max_queue)

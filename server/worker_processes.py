@@ -66,10 +66,10 @@ def free_port(host: str, port: int) -> int:
         return probe.getsockname()[1]
 
 
-def serve_in_processes(cfg, engines, start_server) -> int:
+def serve_in_processes(cfg, engines, start_server, stop: threading.Event, received: list[int]) -> int:
     """Fork cfg.processes children serving ``engines`` on one port (each through ``start_server(engines, cfg,
-    reuse_port=True)``); supervise until SIGTERM/SIGINT. Returns the exit code: 0 when every child drained and
-    exited 0."""
+    reuse_port=True)``); supervise until ``stop`` is set (by the caller's SIGTERM/SIGINT handler, which appends
+    the signal to ``received``). Returns the exit code: 0 when every child drained and exited 0."""
     port = free_port(cfg.host, cfg.port)
     cpus = child_cpus(cfg.cpus, cfg.processes, available_cpus())
     ready_r, ready_w = os.pipe()
@@ -87,16 +87,6 @@ def serve_in_processes(cfg, engines, start_server) -> int:
                 os._exit(code)
         children[pid] = number
     os.close(ready_w)
-
-    stop = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum, frame):
-        received.append(signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     address = f"{cfg.host}:{port}"
     if not _wait_ready(ready_r, len(children), children, stop):
         os.close(ready_r)
