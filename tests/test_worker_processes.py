@@ -23,8 +23,8 @@ from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
 from test_server_process import DUALVEC, GRACE, PB_SPACE, START_LINE, STOP_LINE, ServeProcess
 
-needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
-                                    reason="needs two CPUs")
+needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+                                    or not Path("/proc").is_dir(), reason="needs two CPUs and /proc")
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,17 @@ def engine(lee_bundle) -> SearchEngine:
 
 
 def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+    """Child pids of a process, from /proc (no `ps`: slim images lack it)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state is the parent's pid
+                kids.append(int(entry.name))
+    return sorted(kids)
 
 
 @pytest.mark.parametrize("spec, available, expected", [
