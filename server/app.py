@@ -26,7 +26,7 @@ from dualvec.server.admission import AdmissionControl
 from dualvec.server.cpu_affinity import available_cpus, pin_process
 from dualvec.server.search import Limits, SearchEngine
 from dualvec.server.servicer import DualVecServicer
-from dualvec.server.worker_processes import child_cpus, resolve_processes, serve_in_processes
+from dualvec.server.worker_processes import resolve_processes, serve_in_processes
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
@@ -139,11 +139,8 @@ def serve_forever(cfg: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    processes = resolve_processes(cfg.processes, cfg.cpus, available_cpus())  # a bad --cpus fails here, early
-    cfg = replace(cfg, processes=processes)
-    if processes > 1:
-        child_cpus(cfg.cpus, processes, available_cpus())
-    else:
+    cfg = replace(cfg, processes=resolve_processes(cfg.processes, cfg.cpus, available_cpus()))  # checks --cpus
+    if cfg.processes == 1:
         pin_process(cfg.cpus)  # before any server thread exists: they inherit it
     engines = load_engines(cfg)
     # a bundle's vocabulary is millions of long-lived objects: leave them out of every later garbage collection

@@ -36,22 +36,30 @@ def resolve_processes(requested: int, spec: str, available: set[int] | None) -> 
     single-query latency, 1.6x the throughput under many clients), else 1 (not measured on bigger machines)."""
     if requested < 0:
         raise DualvecError(f"--processes must be >= 0 (0: auto), got {requested}")
+    pool = _cpu_pool(spec, available)  # parsed even when not needed: a bad --cpus fails before the bundles load
     if requested:
         return requested
-    if available is None or len(available) > AUTO_PIN_MAX_CPUS or spec.strip().lower() == "all":
+    if pool is None or available is None or len(available) > AUTO_PIN_MAX_CPUS:
         return 1
-    chosen = available if spec.strip().lower() == "auto" else parse_cpus(spec, available) or available
-    return len(chosen)
+    return len(pool)
 
 
 def child_cpus(spec: str, processes: int, available: set[int] | None) -> list[set[int] | None]:
     """The CPU set of each child: one CPU each, in turn, from the ``--cpus`` set (``auto``: every available CPU;
     ``all``: no pinning)."""
+    pool = _cpu_pool(spec, available)
+    if pool is None:
+        return [None] * processes
+    return [{pool[i % len(pool)]} for i in range(processes)]
+
+
+def _cpu_pool(spec: str, available: set[int] | None) -> list[int] | None:
+    """The CPUs the workers take turns on, sorted: every available one for ``auto``, the list ``--cpus`` names,
+    or None for ``all`` or a platform without CPU affinity (no pinning)."""
     text = spec.strip().lower()
     if text == "all" or available is None:
-        return [None] * processes
-    pool = sorted(available if text == "auto" else parse_cpus(spec, available) or available)
-    return [{pool[i % len(pool)]} for i in range(processes)]
+        return None
+    return sorted(available if text == "auto" else parse_cpus(spec, available) or available)
 
 
 def free_port(host: str, port: int) -> int:
@@ -68,8 +76,9 @@ def free_port(host: str, port: int) -> int:
 
 def serve_in_processes(cfg, engines, start_server, stop: threading.Event, received: list[int]) -> int:
     """Fork cfg.processes children serving ``engines`` on one port (each through ``start_server(engines, cfg,
-    reuse_port=True)``); supervise until ``stop`` is set (by the caller's SIGTERM/SIGINT handler, which appends
-    the signal to ``received``). Returns the exit code: 0 when every child drained and exited 0."""
+    reuse_port=True)``), pinned as ``child_cpus`` says; supervise until ``stop`` is set (by the caller's
+    SIGTERM/SIGINT handler, which appends the signal to ``received``). Returns the exit code: 0 when every child
+    drained and exited 0."""
     port = free_port(cfg.host, cfg.port)
     cpus = child_cpus(cfg.cpus, cfg.processes, available_cpus())
     ready_r, ready_w = os.pipe()
@@ -177,8 +186,9 @@ def _stop_children(children: dict[int, int], grace: float) -> list[int]:
         while True:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # reaped already
-                codes.append(0)
+            except ChildProcessError:  # not ours to wait for any more: its exit code is unknown, so not a success
+                log.error("worker process pid %d could not be waited for; its exit code is unknown", pid)
+                codes.append(1)
                 break
             if done:
                 codes.append(os.waitstatus_to_exitcode(status))
