@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 
 import faiss
@@ -59,17 +60,21 @@ def _madvise():
 def use_huge_pages(index: faiss.Index) -> int:
     """Move an HNSW index's buffers to transparent huge pages where the kernel allows. Returns the bytes advised
     and collapsed (0 when nothing was: another platform, another index kind, THP disabled, an older kernel)."""
-    madvise = _madvise()
+    buffers = index_buffers(index)
+    madvise = _madvise() if buffers else None
     if madvise is None:
         return 0
-    done = 0
-    for name, address, nbytes in index_buffers(index):
+    done, refused = 0, []
+    for name, address, nbytes in buffers:
         start = -(-address // HUGE_PAGE) * HUGE_PAGE  # only whole 2 MiB pages inside the buffer
         end = (address + nbytes) // HUGE_PAGE * HUGE_PAGE
         if end <= start:
             continue
         if madvise(start, end - start, MADV_HUGEPAGE) != 0 or madvise(start, end - start, MADV_COLLAPSE) != 0:
-            log.debug("huge pages refused for the index's %s (errno %d)", name, ctypes.get_errno())
+            refused.append(f"{name} ({os.strerror(ctypes.get_errno())})")
             continue
         done += end - start
+    if refused:  # slower searches, not wrong ones: say so once per index
+        log.info("the kernel kept the index's %s on 4 KiB pages; %d MiB moved to huge pages", ", ".join(refused),
+                 done >> 20)
     return done
