@@ -12,8 +12,10 @@ OUT/bench.json and OUT/bench.png (recall vs latency, one curve per space pair):
               rule; in-process (the server's SearchEngine with the bundle's tuned parameters) and served (the
               answers of a `dualvec serve` subprocess through gRPC); single-query latency p50/p99 of both and of
               the FAISS index alone; server memory (RSS, USS).
-  throughput  gRPC at 1, 8 and 32 concurrent closed-loop clients (spread over processes), and the same FAISS
-              indexes in-process: threads calling SpaceIndex.search one query at a time, and batches of 64.
+  throughput  gRPC at 1, 8 and 32 concurrent closed-loop clients, from Python clients (spread over processes)
+              and, where Go and grpc-go are installed, from a compiled load generator that leaves the CPUs to the
+              server (scripts/grpc_loadgen.go); the same FAISS indexes in-process: threads calling
+              SpaceIndex.search one query at a time, and batches of 64.
   sweep       nprobe / efSearch around each pair's tuned value: recall vs latency (the plot).
   peers       gensim most_similar (IN->IN), hnswlib tuned to dualvec's recall per pair, Qdrant local mode with
               named vectors "in"/"out" (all four pairs; capped by --peer-sample): ratios to dualvec.
@@ -36,6 +38,7 @@ from pathlib import Path
 
 PHASES = ("search", "throughput", "sweep")
 PEERS = ("gensim", "hnswlib", "qdrant")
+LOAD_GENERATORS = ("python", "go")
 
 log = logging.getLogger("bench")
 
@@ -56,6 +59,7 @@ class BenchConfig:
     duration: float = 10.0
     clients: tuple[int, ...] = (1, 8, 32)
     client_processes: int = 4
+    load_generators: tuple[str, ...] = LOAD_GENERATORS
     batch: int = 64
     sweep_queries: int = 300
     gensim_queries: int = 50
@@ -97,6 +101,10 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--duration", type=float, help="seconds per throughput measurement (10)")
     p.add_argument("--clients", default="1,8,32", help="concurrent gRPC clients to measure (1,8,32)")
     p.add_argument("--client-processes", type=int, default=4, help="processes the gRPC clients are spread over (4)")
+    p.add_argument("--load-generators", default=",".join(LOAD_GENERATORS),
+                   help="gRPC load generators of the throughput phase, of python,go (both; go is skipped, with "
+                        "the reason, where it cannot be built: it needs apt-get install golang-go "
+                        "golang-google-grpc-dev)")
     p.add_argument("--batch", type=int, default=64, help="queries per call of the batched in-process run (64)")
     p.add_argument("--sweep-queries", type=int, help="query words per distribution in the sweep (300)")
     p.add_argument("--gensim-queries", type=int, help="most_similar calls timed (50)")
@@ -119,6 +127,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
                         format="%(asctime)s bench: %(message)s", datefmt="%H:%M:%S")
     phases = _choices(a.phases, PHASES, "--phases", p)
     peers = _choices(a.peers, PEERS, "--peers", p)
+    generators = _choices(a.load_generators, LOAD_GENERATORS, "--load-generators", p)
     base = BenchConfig(bundle=a.bundle)
     quick = BenchConfig.quick_defaults() if a.quick else {}
 
@@ -133,7 +142,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         p.error(f"--clients: expected numbers like 1,8,32, got {a.clients!r}")
     return BenchConfig(bundle=a.bundle, model=a.model, out=out, quick=a.quick, phases=phases, peers=peers, k=a.k,
                        queries=pick("queries"), seed=a.seed, duration=pick("duration"), clients=clients,
-                       client_processes=a.client_processes, batch=a.batch, sweep_queries=pick("sweep_queries"),
+                       client_processes=a.client_processes, load_generators=generators, batch=a.batch, sweep_queries=pick("sweep_queries"),
                        gensim_queries=pick("gensim_queries"), peer_sample=pick("peer_sample"),
                        peer_queries=pick("peer_queries"), hnsw_m=a.hnsw_m,
                        hnsw_ef_construction=pick("hnsw_ef_construction"),
@@ -219,6 +228,8 @@ class Bench:
                  "--peers", ",".join(c.peers if peers is None else peers) or "none"]
         if c.model and (peers is None or "gensim" in peers):
             args += ["--model", c.model]
+        if c.load_generators != LOAD_GENERATORS and (phases is None or "throughput" in phases):
+            args += ["--load-generators", ",".join(c.load_generators) or "none"]
         args += [f"--server-arg={a}" for a in c.server_args]
         if c.serve_command:
             args += ["--serve-command", c.serve_command]
@@ -385,7 +396,7 @@ class Bench:
         return self.M.percentiles_us(self.np.array(times[10:]))
 
     def throughput_phase(self, server) -> None:
-        from bench_load import run_load
+        from bench_load import build_go_loadgen, run_load, run_load_go
 
         cfg, M = self.cfg, self.M
         words = self.bundle.vocab.words
@@ -395,27 +406,48 @@ class Bench:
         queries = [(words[w], *_spaces_str(self.pairs[i % len(self.pairs)])) for i, w in enumerate(mix)]
         out: dict = {"command": self.repro(("throughput",), (), ["--duration", str(cfg.duration)]), "grpc": {},
                      "inprocess": {}}
-        for c in cfg.clients:
-            log.info("gRPC load: %d clients for %.0f s", c, cfg.duration)
-            res = run_load(server.address, queries, clients=c, processes=cfg.client_processes,
-                           seconds=cfg.duration, k=cfg.k)
-            out["grpc"][str(c)] = res
-            if res["errors"]:
-                self.result["problems"].append(f"gRPC load with {c} clients: errors {res['errors']}")
+        if "python" in cfg.load_generators:
+            for c in cfg.clients:
+                log.info("gRPC load, Python clients: %d clients for %.0f s", c, cfg.duration)
+                res = run_load(server.address, queries, clients=c, processes=cfg.client_processes,
+                               seconds=cfg.duration, k=cfg.k)
+                out["grpc"][str(c)] = res
+                if res["errors"]:
+                    self.result["problems"].append(f"gRPC load with {c} Python clients: errors {res['errors']}")
+        if "go" in cfg.load_generators:
+            cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dualvec"
+            binary, why_not = build_go_loadgen(cache)
+            if binary is None:
+                out["grpc_go_unavailable"] = why_not
+                log.info("no Go load generator: %s", why_not)
+            else:
+                out["grpc_go"] = {}
+                for c in cfg.clients:
+                    log.info("gRPC load, Go load generator: %d clients for %.0f s", c, cfg.duration)
+                    res = run_load_go(binary, server.address, queries, clients=c, seconds=cfg.duration, k=cfg.k)
+                    out["grpc_go"][str(c)] = res
+                    if res["errors"]:
+                        self.result["problems"].append(f"gRPC load with {c} Go clients: errors {res['errors']}")
         items = M.work_items(self.bundle, self.pairs, self.np.array(mix))
         for threads in sorted({1, self.ncpu}):
             out["inprocess"][f"{threads} thread{'s' if threads > 1 else ''}, 1 query/call"] = M.inprocess_qps(
                 self.bundle, items, cfg.k, threads, cfg.duration)
         out["inprocess"][f"1 thread, batch {cfg.batch}, {self.ncpu} omp"] = M.inprocess_batched_qps(
             self.bundle, items, cfg.k, cfg.batch, cfg.duration, self.ncpu)
-        top = max(cfg.clients) if cfg.clients else None
-        if top is not None:
+        top = str(max(cfg.clients)) if cfg.clients else None
+        # the target's ratio: the server's throughput, best measured by the load generator that takes least of
+        # the CPUs it shares with the server (Go's), else by the Python clients
+        measured = [(name, out[key][top]) for name, key in (("go", "grpc_go"), ("python", "grpc"))
+                    if top is not None and top in out.get(key, {})]
+        if measured:
             best_mode, best = max(out["inprocess"].items(), key=lambda kv: kv[1]["qps"])
             single = out["inprocess"][f"{self.ncpu} thread{'s' if self.ncpu > 1 else ''}, 1 query/call"]
-            out["top_clients"] = top
+            out["top_clients"] = int(top)
             out["inprocess_best"] = {"mode": best_mode, "qps": best["qps"]}
-            out["ratio_grpc32_to_inprocess"] = out["grpc"][str(top)]["qps"] / best["qps"]
-            out["ratio_grpc32_to_single"] = out["grpc"][str(top)]["qps"] / single["qps"]
+            out["ratio_load_generator"] = measured[0][0]
+            out["ratio_grpc32_to_inprocess"] = measured[0][1]["qps"] / best["qps"]
+            out["ratio_grpc32_to_single"] = measured[0][1]["qps"] / single["qps"]
+            out["ratios_by_load_generator"] = {name: res["qps"] / best["qps"] for name, res in measured}
         self.result["throughput"] = out
 
     def sweep_phase(self) -> None:

@@ -1,0 +1,111 @@
+"""The benchmark's compiled load generator (scripts/grpc_loadgen.go, driven by scripts/bench_load.py): the request
+file round-trips; a machine without Go or grpc-go gets the package to install, not a traceback; where they are
+installed (Debian: golang-go, golang-google-grpc-dev), the generator is built offline and measures a real server
+(every call answered, errors counted by status code, a bad request file refused in one line)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dualvec.server.app import ServerConfig, load_engines, start_server
+from dualvec.v1 import dualvec_pb2 as pb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import bench_load  # noqa: E402
+
+
+def read_requests(path: Path) -> list[bytes]:
+    """The Go reader's format, read back in Python: uvarint length, then that many bytes."""
+    data, out, i = path.read_bytes(), [], 0
+    while i < len(data):
+        n = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        out.append(data[i:i + n])
+        i += n
+    return out
+
+
+def test_request_file_round_trips_including_long_messages(tmp_path):
+    # a 200-character word makes a message longer than 127 bytes: a two-byte length prefix
+    queries = [("king", "in", "out"), ("w" * 200, "out", "in"), ("queen", "out", "out")]
+    requests = bench_load.search_requests(queries, k=7)
+    path = tmp_path / "requests.bin"
+    bench_load.write_requests(path, requests)
+    back = [pb.SearchRequest.FromString(b) for b in read_requests(path)]
+    assert back == requests
+    assert [(r.positive[0], r.query_space, r.target_space, r.k) for r in back] == [
+        ("king", pb.IN, pb.OUT, 7), ("w" * 200, pb.OUT, pb.IN, 7), ("queen", pb.OUT, pb.OUT, 7)]
+    assert len(bench_load._uvarint(300)) == 2 and bench_load._uvarint(127) == b"\x7f"
+
+
+def test_build_names_the_missing_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no go on PATH
+    binary, why = bench_load.build_go_loadgen(tmp_path / "cache")
+    assert binary is None and "golang-go" in why
+
+    fake_go = tmp_path / "go"
+    fake_go.write_text("#!/bin/sh\nexit 0\n")
+    fake_go.chmod(0o755)
+    monkeypatch.setenv("GOPATH", str(tmp_path / "empty-gopath"))
+    monkeypatch.setattr(bench_load, "DEBIAN_GOPATH", tmp_path / "no-such-dir")
+    binary, why = bench_load.build_go_loadgen(tmp_path / "cache")
+    assert binary is None and "golang-google-grpc-dev" in why
+
+
+def _built() -> tuple[Path | None, str]:
+    cache = Path(__file__).resolve().parent.parent / ".pytest_cache" / "grpc-loadgen"
+    return bench_load.build_go_loadgen(cache)
+
+
+BINARY, WHY_NOT = _built()
+needs_go = pytest.mark.skipif(BINARY is None, reason=f"the Go load generator cannot be built here: {WHY_NOT}")
+
+
+@pytest.fixture(scope="module")
+def server(lee_bundle):
+    cfg = ServerConfig(bundles=(str(lee_bundle),), port=0, checksums=False)
+    running = start_server(load_engines(cfg), cfg)
+    yield running
+    running.stop(1.0)
+
+
+@needs_go
+def test_go_load_generator_measures_a_real_server(server, lee_bundle):
+    words = [line.split("\t")[0] for line in (lee_bundle / "vocab.tsv").read_text().splitlines()[:50]]
+    queries = [(w, "in" if i % 2 else "out", "out" if i % 3 else "in") for i, w in enumerate(words)]
+    before = server.servicer.batchers[server.servicer.default].stats().items
+    res = bench_load.run_load_go(BINARY, server.address, queries, clients=4, seconds=1.0, warmup=0.2)
+    after = server.servicer.batchers[server.servicer.default].stats().items
+    assert res["errors"] == {}
+    assert res["queries"] > 20 and res["qps"] == pytest.approx(res["queries"] / 1.0)
+    # every counted call reached the search core (and warm-up and tail calls too)
+    assert after - before >= res["queries"]
+    assert 0 < res["p50_us"] <= res["p99_us"] < 1e6
+    assert res["client_cpu_us_per_call"] > 0 and res["clients"] == 4 and res["processes"] == 1
+
+
+@needs_go
+def test_go_load_generator_counts_errors_by_status(server, tmp_path):
+    # an unknown word: every call fails with NOT_FOUND (the server names the word); none is counted as answered
+    res = bench_load.run_load_go(BINARY, server.address, [("no-such-word-xyz", "in", "out")], clients=2,
+                                 seconds=0.5, warmup=0.1)
+    assert res["queries"] == 0 and set(res["errors"]) == {"NOT_FOUND"} and res["errors"]["NOT_FOUND"] > 0
+
+
+@needs_go
+def test_go_load_generator_refuses_a_truncated_request_file(tmp_path, server):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x05ab")  # says 5 bytes, holds 2
+    proc = subprocess.run([str(BINARY), "-addr", server.address, "-requests", str(bad), "-duration", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "request 0 is cut short" in proc.stderr and proc.stderr.count("\n") == 1
