@@ -186,9 +186,13 @@ class SearchEngine:
             scores, ids = space_index.search(vectors, fetch, params, first.pair, limit)
             # an approximate index can return fewer rows than asked (the IVF lists visited held too few): such
             # queries are answered exactly, so that k neighbours come back whenever the vocabulary has them
-            rows = limit or space_index.n
-            found = np.count_nonzero(ids >= 0, axis=1).tolist()
-            short = [row for row, p in enumerate(group) if found[row] < min(p.fetch, rows)]
+            # (only when some row came back padded: a full answer has every query's fetch; count_nonzero along an
+            # axis alone would cost ~10 us a call)
+            short = []
+            if ids.size and ids.min() < 0:
+                rows = limit or space_index.n
+                found = np.count_nonzero(ids >= 0, axis=1).tolist()
+                short = [row for row, p in enumerate(group) if found[row] < min(p.fetch, rows)]
             if short:
                 scores, ids = np.array(scores), np.array(ids)
                 scores[short], ids[short] = space_index.exact(vectors[short], fetch, limit)

@@ -45,7 +45,11 @@ def query_from_pb(req: pb.SearchRequest, prefix: str = "") -> SearchQuery:
 
 
 def response_from(neighbors) -> pb.SearchResponse:
-    return pb.SearchResponse(neighbors=[pb.Neighbor(word=n.word, id=n.id, score=n.score) for n in neighbors])
+    response = pb.SearchResponse()
+    add = response.neighbors.add  # adding in place: 6 us for ten, against 9 for a list of pb.Neighbor
+    for n in neighbors:
+        add(word=n.word, id=n.id, score=n.score)
+    return response
 
 
 class DualVecServicer(pb_grpc.DualVecServicer):
