@@ -418,3 +418,34 @@ def test_a_copy_of_a_bundle_reads_anywhere(lee_ivf_bundle, tmp_path):
     shutil.copytree(lee_ivf_bundle, copy)
     bundle = read_bundle(copy)
     assert bundle.path == copy and bundle.vocab_size == read_manifest(lee_ivf_bundle)["vocab_size"]
+
+
+def test_tuning_re_ranks_the_fewest_candidates_that_keep_recall_whatever_the_timings_say(monkeypatch):
+    import dualvec.indexer.tuning as tuning
+
+    rng = np.random.default_rng(11)
+    centers = rng.normal(size=(30, 24)).astype(np.float32)
+    rows = (centers[rng.integers(0, 30, 4_000)] + 0.6 * rng.normal(size=(4_000, 24))).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    space = SpaceIndex(rows, build_index(choose_spec("hnsw", 4_000, 24), rows))
+    assert not space.exact_scores
+
+    def sample(seed: int) -> dict:
+        ids = np.random.default_rng(seed).choice(4_000, 200, replace=False)
+        qs = tuning.QuerySample(ids, rows[ids])
+        return {"uniform": qs, "frequency": qs}
+
+    tune, held = sample(1), sample(2)
+    truth = lambda s: {d: tuning.exact_truth(space, q, 10) for d, q in s.items()}  # noqa: E731
+    # a noisy machine: every shallower re-ranking is timed as slower than the deeper one
+    monkeypatch.setattr(tuning, "time_per_query", lambda target, vectors, k, params, pair: 1000.0 / params.rerank)
+    cfg = tuning.TuningConfig(target_recall=0.9, timing_queries=8)
+    result = tuning.tune_pair(space, "in-in", tune, truth(tune), held, truth(held), cfg)
+    goal = cfg.target_recall + cfg.margin
+    by_params = {json.dumps(s["params"], sort_keys=True): s["tune_recall"] for s in result.sweep}
+    chosen = result.params
+    assert chosen.rerank < 16, "a shallower re-ranking with the same recall was passed over on timing alone"
+    shallower = [r for r in tuning.RERANK_GRID if r < chosen.rerank]
+    if shallower:  # the next shallower one was tried and missed the goal
+        key = json.dumps({**chosen.to_dict(), "rerank": shallower[-1]}, sort_keys=True)
+        assert by_params[key] < goal
