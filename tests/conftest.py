@@ -46,3 +46,14 @@ def lee_ivf_bundle(workdir, lee_model) -> Path:
                       tuning=TuningConfig(target_recall=0.95, tune_queries=300, eval_queries=500, hub_queries=1000))
     build_bundle(read_model(lee_model), path, cfg)
     return path
+
+
+@pytest.fixture(scope="module")
+def lee_server(lee_bundle):
+    """A running in-process gRPC server of lee_bundle on a free port (one per test module)."""
+    from dualvec.server.app import ServerConfig, load_engines, start_server
+
+    cfg = ServerConfig(bundles=(str(lee_bundle),), port=0, checksums=False)
+    running = start_server(load_engines(cfg), cfg)
+    yield running
+    running.stop(1.0)

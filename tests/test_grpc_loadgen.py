@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from dualvec.server.app import ServerConfig, load_engines, start_server
 from dualvec.v1 import dualvec_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -71,11 +70,8 @@ needs_go = pytest.mark.skipif(BINARY is None, reason=f"the Go load generator can
 
 
 @pytest.fixture(scope="module")
-def server(lee_bundle):
-    cfg = ServerConfig(bundles=(str(lee_bundle),), port=0, checksums=False)
-    running = start_server(load_engines(cfg), cfg)
-    yield running
-    running.stop(1.0)
+def server(lee_server):
+    return lee_server
 
 
 @needs_go

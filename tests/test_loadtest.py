@@ -18,7 +18,6 @@ import pytest
 
 from dualvec.loadtest import (OPS, Histogram, LoadtestError, RankedWords, main, parse_mix, parse_sweep,
                               same_answer)
-from dualvec.server.app import ServerConfig, load_engines, start_server
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
@@ -27,11 +26,8 @@ ALL_MIX = "in-in=1,in-out=1,out-in=1,out-out=1,batch=0.2,desm=0.2"
 
 
 @pytest.fixture(scope="module")
-def server(lee_bundle):
-    cfg = ServerConfig(bundles=(str(lee_bundle),), port=0, checksums=False)
-    running = start_server(load_engines(cfg), cfg)
-    yield running
-    running.stop(1.0)
+def server(lee_server):
+    return lee_server
 
 
 def run_json(capsys, *argv) -> dict:
