@@ -409,8 +409,9 @@ class Bench:
         if "python" in cfg.load_generators:
             for c in cfg.clients:
                 log.info("gRPC load, Python clients: %d clients for %.0f s", c, cfg.duration)
-                res = run_load(server.address, queries, clients=c, processes=cfg.client_processes,
-                               seconds=cfg.duration, k=cfg.k)
+                res = self.with_server_cpu(server, lambda: run_load(
+                    server.address, queries, clients=c, processes=cfg.client_processes, seconds=cfg.duration,
+                    k=cfg.k))
                 out["grpc"][str(c)] = res
                 if res["errors"]:
                     self.result["problems"].append(f"gRPC load with {c} Python clients: errors {res['errors']}")
@@ -424,7 +425,8 @@ class Bench:
                 out["grpc_go"] = {}
                 for c in cfg.clients:
                     log.info("gRPC load, Go load generator: %d clients for %.0f s", c, cfg.duration)
-                    res = run_load_go(binary, server.address, queries, clients=c, seconds=cfg.duration, k=cfg.k)
+                    res = self.with_server_cpu(server, lambda: run_load_go(
+                        binary, server.address, queries, clients=c, seconds=cfg.duration, k=cfg.k))
                     out["grpc_go"][str(c)] = res
                     if res["errors"]:
                         self.result["problems"].append(f"gRPC load with {c} Go clients: errors {res['errors']}")
@@ -448,7 +450,21 @@ class Bench:
             out["ratio_grpc32_to_inprocess"] = measured[0][1]["qps"] / best["qps"]
             out["ratio_grpc32_to_single"] = measured[0][1]["qps"] / single["qps"]
             out["ratios_by_load_generator"] = {name: res["qps"] / best["qps"] for name, res in measured}
+        for name, v in out["inprocess"].items():  # CPU per query in-process: all the cores it used, busy
+            v["cpu_us_per_query"] = (self.ncpu if "batch" in name else int(name.split()[0])) * 1e6 / v["qps"]
         self.result["throughput"] = out
+
+    @staticmethod
+    def with_server_cpu(server, run) -> dict:
+        """run() (a load measurement) plus the server's CPU time per answered call meanwhile. Approximate: the
+        CPU counts the warm-up second too, so calls are counted as the measured rate over the whole run."""
+        cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+        res = run()
+        cpu, wall = server.cpu_seconds() - cpu0, time.perf_counter() - t0
+        calls = res["qps"] * wall
+        res["server_cpu_us_per_call"] = cpu * 1e6 / calls if calls else None
+        res["server_cpu_cores"] = cpu / wall
+        return res
 
     def sweep_phase(self) -> None:
         from bench_peers import DualvecIndex

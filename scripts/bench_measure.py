@@ -368,6 +368,20 @@ class ServerProcess:
                 "pss_bytes": sum(int(getattr(i, "pss", 0)) for i in infos),
                 "threads": sum(p.num_threads() for p in procs), "processes": len(procs)}
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server's processes have used so far, parent and children together."""
+        import psutil
+
+        parent = psutil.Process(self.pid)
+        total = 0.0
+        for proc in (parent, *parent.children(recursive=True)):
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (graceful drain), then SIGKILL after timeout. Returns the exit code."""
         if self.proc is None:

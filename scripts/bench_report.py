@@ -88,6 +88,13 @@ def _row(target: str, measured: str, met: bool | None, command: str) -> dict:
     return {"target": target, "measured": measured, "met": met, "command": command}
 
 
+def _server_cpu(load: dict) -> str:
+    """', server CPU N us per call (C cores)' of a gRPC load measurement, when it was measured."""
+    if not load.get("server_cpu_us_per_call"):
+        return ""
+    return f"; server CPU {load['server_cpu_us_per_call']:.0f} us per call ({load['server_cpu_cores']:.2f} cores)"
+
+
 def _mib(b: float) -> str:
     return f"{b / 2**20:,.1f} MiB"
 
@@ -97,6 +104,40 @@ def _verdict(met: bool | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ table
+
+def format_throughput(t: dict) -> list[str]:
+    """The throughput section: gRPC load by each load generator (with the server's CPU per call), the
+    in-process modes, the ratios."""
+    out: list[str] = []
+    out.append("")
+    out.append("throughput, queries/s (closed loop; the pairs interleaved)")
+    for c, v in t["grpc"].items():
+        err = f", errors {v['errors']}" if v.get("errors") else ""
+        out.append(f"  gRPC {int(c):>3} clients, Python ({v['processes']} processes): {v['qps']:>8.0f} qps, "
+                   f"p50 {v.get('p50_us', float('nan')):.0f} us, p99 {v.get('p99_us', float('nan')):.0f} us"
+                   f"{_server_cpu(v)}{err}")
+    for c, v in t.get("grpc_go", {}).items():
+        err = f", errors {v['errors']}" if v.get("errors") else ""
+        out.append(f"  gRPC {int(c):>3} clients, Go load generator: {v['qps']:>8.0f} qps, "
+                   f"p50 {v.get('p50_us', float('nan')):.0f} us, p99 {v.get('p99_us', float('nan')):.0f} us; "
+                   f"its CPU {v.get('client_cpu_us_per_call', float('nan')):.0f} us per call"
+                   f"{_server_cpu(v)}{err}")
+    if t.get("grpc_go_unavailable"):
+        out.append(f"  Go load generator not run: {t['grpc_go_unavailable']}")
+    for name, v in t["inprocess"].items():
+        cpu = f", {v['cpu_us_per_query']:.0f} us of CPU per query" if v.get("cpu_us_per_query") else ""
+        out.append(f"  in-process {name:26}: {v['qps']:>8.0f} qps{cpu}")
+    if t.get("ratio_grpc32_to_inprocess") is not None:
+        top = t["top_clients"]
+        by_gen = ", ".join(f"{LOAD_GENERATOR_LABEL[n]} {v:.2f}"
+                           for n, v in t.get("ratios_by_load_generator", {}).items())
+        out.append(f"  ratio gRPC@{top} / in-process (vs best mode, {t['inprocess_best']['mode']}): "
+                   f"{by_gen or format(t['ratio_grpc32_to_inprocess'], '.2f')}; with the "
+                   f"{LOAD_GENERATOR_LABEL[t.get('ratio_load_generator', 'python')]}, vs one query at a time "
+                   f"on all cores {t['ratio_grpc32_to_single']:.2f}")
+    out.append(f"  reproduce: {t['command']}")
+    return out
+
 
 def format_report(r: dict) -> str:
     """The one table, as text: sections, each followed by the command that reproduces its numbers."""
@@ -136,32 +177,8 @@ def format_report(r: dict) -> str:
         if s.get("grpc"):
             out.append(f"  gRPC answers identical to in-process answers: {s['grpc']['same_answers']:.1%} of queries")
         out.append(f"  reproduce: {s['command']}")
-    t = r.get("throughput")
-    if t:
-        out.append("")
-        out.append("throughput, queries/s (closed loop; the pairs interleaved)")
-        for c, v in t["grpc"].items():
-            err = f", errors {v['errors']}" if v.get("errors") else ""
-            out.append(f"  gRPC {int(c):>3} clients, Python ({v['processes']} processes): {v['qps']:>8.0f} qps, "
-                       f"p50 {v.get('p50_us', float('nan')):.0f} us, p99 {v.get('p99_us', float('nan')):.0f} us{err}")
-        for c, v in t.get("grpc_go", {}).items():
-            err = f", errors {v['errors']}" if v.get("errors") else ""
-            out.append(f"  gRPC {int(c):>3} clients, Go load generator: {v['qps']:>8.0f} qps, "
-                       f"p50 {v.get('p50_us', float('nan')):.0f} us, p99 {v.get('p99_us', float('nan')):.0f} us; "
-                       f"its CPU {v.get('client_cpu_us_per_call', float('nan')):.0f} us per call{err}")
-        if t.get("grpc_go_unavailable"):
-            out.append(f"  Go load generator not run: {t['grpc_go_unavailable']}")
-        for name, v in t["inprocess"].items():
-            out.append(f"  in-process {name:26}: {v['qps']:>8.0f} qps")
-        if t.get("ratio_grpc32_to_inprocess") is not None:
-            top = t["top_clients"]
-            by_gen = ", ".join(f"{LOAD_GENERATOR_LABEL[n]} {v:.2f}"
-                               for n, v in t.get("ratios_by_load_generator", {}).items())
-            out.append(f"  ratio gRPC@{top} / in-process (vs best mode, {t['inprocess_best']['mode']}): "
-                       f"{by_gen or format(t['ratio_grpc32_to_inprocess'], '.2f')}; with the "
-                       f"{LOAD_GENERATOR_LABEL[t.get('ratio_load_generator', 'python')]}, vs one query at a time "
-                       f"on all cores {t['ratio_grpc32_to_single']:.2f}")
-        out.append(f"  reproduce: {t['command']}")
+    if r.get("throughput"):
+        out += format_throughput(r["throughput"])
     bd = r.get("build", {})
     out.append("")
     out.append("build, size, memory")

@@ -105,3 +105,39 @@ def test_go_load_generator_refuses_a_truncated_request_file(tmp_path, server):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "request 0 is cut short" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def _throughput(go_qps: float | None) -> dict:
+    load = {"processes": 4, "qps": 1500.0, "p50_us": 19000.0, "p99_us": 59000.0, "errors": {},
+            "server_cpu_us_per_call": 1100.0, "server_cpu_cores": 1.7}
+    t = {"command": "bench.py B --phases throughput", "grpc": {"32": load},
+         "inprocess": {"1 thread, batch 64, 2 omp": {"qps": 5000.0, "cpu_us_per_query": 400.0},
+                       "2 threads, 1 query/call": {"qps": 3900.0, "cpu_us_per_query": 513.0}},
+         "top_clients": 32, "inprocess_best": {"mode": "1 thread, batch 64, 2 omp", "qps": 5000.0},
+         "ratio_load_generator": "python", "ratio_grpc32_to_inprocess": 0.30, "ratio_grpc32_to_single": 0.38,
+         "ratios_by_load_generator": {"python": 0.30}}
+    if go_qps is not None:
+        t["grpc_go"] = {"32": {**load, "qps": go_qps, "processes": 1, "client_cpu_us_per_call": 100.0}}
+        t.update(ratio_load_generator="go", ratio_grpc32_to_inprocess=go_qps / 5000.0,
+                 ratio_grpc32_to_single=go_qps / 3900.0,
+                 ratios_by_load_generator={"go": go_qps / 5000.0, "python": 0.30})
+    else:
+        t["grpc_go_unavailable"] = "no Go toolchain (apt-get install golang-go golang-google-grpc-dev)"
+    return t
+
+
+def test_report_judges_throughput_by_the_go_load_generator_and_shows_both():
+    import bench_report
+
+    r = {"throughput": _throughput(2600.0)}
+    row = next(x for x in bench_report.judge_targets(r) if x["target"].startswith("gRPC throughput"))
+    assert row["met"] is True  # 2600 / 5000 = 0.52
+    assert "Go load generator" in row["measured"] and "Python clients 0.30" in row["measured"]
+    text = "\n".join(bench_report.format_throughput(r["throughput"]))
+    assert "32 clients, Go load generator:" in text and "32 clients, Python (4 processes):" in text
+    assert "server CPU 1100 us per call (1.70 cores)" in text and "400 us of CPU per query" in text
+
+    r = {"throughput": _throughput(None)}
+    row = next(x for x in bench_report.judge_targets(r) if x["target"].startswith("gRPC throughput"))
+    assert row["met"] is False and "Python clients" in row["measured"]
+    assert "Go load generator not run: no Go toolchain" in "\n".join(bench_report.format_throughput(r["throughput"]))
