@@ -253,7 +253,7 @@ def tune_pair(target: SpaceIndex, pair: str, tune: dict[str, QuerySample], tune_
         choice = cheapest(candidate_grid(target, pair, RERANK_GRID[-1]))
     if choice is not None and not target.exact_scores:
         # re-ranking fewer candidates is never more work (fewer rows gathered and scored): decided by recall
-        # alone, since timings this close are within the noise (a noisy timing used to keep rerank 16 where 4
+        # alone, since timings this close are within the noise (a noisy timing used to keep rerank 16 where 2
         # had the same recall)
         for rr in sorted((r for r in RERANK_GRID if r < choice.rerank), reverse=True):
             r, _ = measure(replace(choice, rerank=rr))

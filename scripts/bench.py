@@ -142,7 +142,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         p.error(f"--clients: expected numbers like 1,8,32, got {a.clients!r}")
     return BenchConfig(bundle=a.bundle, model=a.model, out=out, quick=a.quick, phases=phases, peers=peers, k=a.k,
                        queries=pick("queries"), seed=a.seed, duration=pick("duration"), clients=clients,
-                       client_processes=a.client_processes, load_generators=generators, batch=a.batch, sweep_queries=pick("sweep_queries"),
+                       client_processes=a.client_processes, load_generators=generators, batch=a.batch,
+                       sweep_queries=pick("sweep_queries"),
                        gensim_queries=pick("gensim_queries"), peer_sample=pick("peer_sample"),
                        peer_queries=pick("peer_queries"), hnsw_m=a.hnsw_m,
                        hnsw_ef_construction=pick("hnsw_ef_construction"),

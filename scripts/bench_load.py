@@ -4,7 +4,7 @@ next as soon as the answer is back.
 Two load generators:
 - ``run_load``: Python clients (the ``dualvec`` stubs), spread over several processes (a Python client saturates
   its own GIL long before a server does). Kept apart and light: the worker processes are spawned and import only
-  grpc and the generated dualvec stubs. Each call costs the client 0.2-0.3 ms of CPU, taken from the same CPUs
+  grpc and the generated dualvec stubs. Each call costs the client 0.2-0.4 ms of CPU, taken from the same CPUs
   the server runs on when both share a small machine.
 - ``run_load_go``: ``grpc_loadgen.go`` beside this file, compiled once by ``build_go_loadgen`` where a Go
   toolchain and grpc-go's sources are installed (Debian: golang-go, golang-google-grpc-dev). It sends the same

@@ -2,7 +2,7 @@
 //
 // scripts/bench.py measures the server's throughput with it when a Go toolchain and Debian's grpc-go sources
 // are on the machine (apt-get install golang-go golang-google-grpc-dev; scripts/bench_load.py builds it), so that
-// the load generator takes little of the CPUs the server runs on: Python clients spend 0.2-0.3 ms of CPU per call.
+// the load generator takes little of the CPUs the server runs on: Python clients spend 0.2-0.4 ms of CPU per call.
 //
 // Requests are serialized ahead of time by the caller (any protobuf message, so no generated Go code is needed):
 // the file given with -requests holds them back to back, each preceded by its length as a uvarint. Each of the
