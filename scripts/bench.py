@@ -432,11 +432,14 @@ class Bench:
                     if res["errors"]:
                         self.result["problems"].append(f"gRPC load with {c} Go clients: errors {res['errors']}")
         items = M.work_items(self.bundle, self.pairs, self.np.array(mix))
+        # each mode keeps its cores busy: CPU per query = cores / rate
         for threads in sorted({1, self.ncpu}):
-            out["inprocess"][f"{threads} thread{'s' if threads > 1 else ''}, 1 query/call"] = M.inprocess_qps(
-                self.bundle, items, cfg.k, threads, cfg.duration)
-        out["inprocess"][f"1 thread, batch {cfg.batch}, {self.ncpu} omp"] = M.inprocess_batched_qps(
-            self.bundle, items, cfg.k, cfg.batch, cfg.duration, self.ncpu)
+            res = M.inprocess_qps(self.bundle, items, cfg.k, threads, cfg.duration)
+            res["cpu_us_per_query"] = threads * 1e6 / res["qps"]
+            out["inprocess"][f"{threads} thread{'s' if threads > 1 else ''}, 1 query/call"] = res
+        res = M.inprocess_batched_qps(self.bundle, items, cfg.k, cfg.batch, cfg.duration, self.ncpu)
+        res["cpu_us_per_query"] = self.ncpu * 1e6 / res["qps"]
+        out["inprocess"][f"1 thread, batch {cfg.batch}, {self.ncpu} omp"] = res
         top = str(max(cfg.clients)) if cfg.clients else None
         # the target's ratio: the server's throughput, best measured by the load generator that takes least of
         # the CPUs it shares with the server (Go's), else by the Python clients
@@ -451,8 +454,6 @@ class Bench:
             out["ratio_grpc32_to_inprocess"] = measured[0][1]["qps"] / best["qps"]
             out["ratio_grpc32_to_single"] = measured[0][1]["qps"] / single["qps"]
             out["ratios_by_load_generator"] = {name: res["qps"] / best["qps"] for name, res in measured}
-        for name, v in out["inprocess"].items():  # CPU per query in-process: all the cores it used, busy
-            v["cpu_us_per_query"] = (self.ncpu if "batch" in name else int(name.split()[0])) * 1e6 / v["qps"]
         self.result["throughput"] = out
 
     @staticmethod

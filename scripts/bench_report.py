@@ -58,7 +58,7 @@ def judge_targets(r: dict) -> list[dict]:
         best, top = t["inprocess_best"], str(t["top_clients"])
         gen = t.get("ratio_load_generator", "python")
         served = t["grpc_go" if gen == "go" else "grpc"][top]["qps"]
-        others = "; ".join(f"Python clients {v:.2f}" if name == "python" else f"Go load generator {v:.2f}"
+        others = "; ".join(f"{LOAD_GENERATOR_LABEL[name]} {v:.2f}"
                            for name, v in t.get("ratios_by_load_generator", {}).items() if name != gen)
         rows.append(_row("gRPC throughput @32 clients >= 1/2 of the same index in-process",
                          f"{t['ratio_grpc32_to_inprocess']:.2f} ({served:.0f} qps, {LOAD_GENERATOR_LABEL[gen]}, vs "
