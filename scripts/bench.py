@@ -246,29 +246,37 @@ class Bench:
                                             self.cfg.k, limit) for d, ids in qids.items()}
         return out
 
-    def measure(self, adapter, qids: dict, truth: dict, pairs=None, desc: str = "") -> dict:
-        """Run an adapter over every (pair, distribution) sample one query at a time: recall and latency."""
+    def measure(self, adapter, qids: dict, truth: dict, pairs=None, desc: str = "",
+                between=None) -> dict:
+        """Run an adapter over every (pair, distribution) sample one query at a time, the pairs interleaved
+        (bench_measure.run_interleaved): recall and latency. ``between``: a reference call made and timed once per
+        round of pairs; its latency is returned as "between_us"."""
         M, np = self.M, self.np
-        recall, lat, found, per_pair_times = {}, {}, {}, {}
-        all_times = []
-        for p in pairs or self.pairs:
-            _, t = _spaces(p)
-            recall[p], found[p], times = {}, {}, []
-            for d, ids in qids.items():
-                run = M.run_queries(adapter.query, p, ids, self.cfg.k, desc=f"{desc} {p} {d}", quiet=self.cfg.quiet)
+        pairs = list(pairs or self.pairs)
+        recall, lat, found = {p: {} for p in pairs}, {}, {p: {} for p in pairs}
+        times: dict[str, list] = {p: [] for p in pairs}
+        reference = []
+        for d, ids in qids.items():
+            runs, ref = M.run_interleaved(adapter.query, pairs, ids, self.cfg.k, between=between,
+                                          desc=f"{desc} {d}", quiet=self.cfg.quiet)
+            reference.append(ref)
+            for p, run in runs.items():
+                _, t = _spaces(p)
                 vecs = M.query_vectors(self.bundle, p, ids)
                 recall[p][d] = float(M.recall_per_query(self.bundle.spaces[t], vecs, ids, truth[p][d],
                                                         run.found).mean())
                 found[p][d] = run.found
-                times.append(run.seconds)
+                times[p].append(run.seconds)
                 if run.errors:
                     self.result["problems"].append(f"{adapter.name} {p} {d}: {run.errors} of {len(ids)} queries "
                                                    f"failed, e.g. {run.first_error[:200]}")
-            per_pair_times[p] = np.concatenate(times)
-            lat[p] = M.percentiles_us(per_pair_times[p])
-            all_times.append(per_pair_times[p])
-        lat["all"] = M.percentiles_us(np.concatenate(all_times)) if all_times else {"n": 0}
-        return {"recall": recall, "latency_us": lat, "_found": found}
+        for p in pairs:
+            lat[p] = M.percentiles_us(np.concatenate(times[p]))
+        lat["all"] = M.percentiles_us(np.concatenate([t for p in pairs for t in times[p]])) if pairs else {"n": 0}
+        out = {"recall": recall, "latency_us": lat, "_found": found}
+        if between is not None:
+            out["between_us"] = M.percentiles_us(np.concatenate(reference))
+        return out
 
     # ------------------------------------------------------------------------------------------------- phases
     def run(self) -> dict:
@@ -366,8 +374,10 @@ class Bench:
         grpc_adapter = DualvecGrpc(self.bundle, server.address)
         try:
             M.warm_up(grpc_adapter.query, self.pairs, self.qids["frequency"], cfg.k, 200)
-            res = self.measure(grpc_adapter, self.qids, self.truth, desc="gRPC")
-            res["bare_rpc_us"] = self.bare_rpc(grpc_adapter.client, 300)
+            # a bare call (health Check) after every round of pairs: what gRPC in Python costs alone, measured
+            # in the same moments as the searches
+            res = self.measure(grpc_adapter, self.qids, self.truth, desc="gRPC", between=grpc_adapter.client.health)
+            res["bare_rpc_us"] = res.pop("between_us")
         finally:
             grpc_adapter.close()
         found_grpc = res.pop("_found")
@@ -386,15 +396,6 @@ class Bench:
                     self.result["problems"].append(
                         f"{p} {d}: recall@10 {got:.3f} on this run's queries, below the {tuned:.3f} the bundle "
                         f"recorded at build (held-out queries)")
-
-    def bare_rpc(self, client, n: int) -> dict:
-        """Latency of a unary call that does no work (grpc.health.v1 Check): what gRPC in Python costs alone."""
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            client.health()
-            times.append(time.perf_counter() - t0)
-        return self.M.percentiles_us(self.np.array(times[10:]))
 
     def throughput_phase(self, server) -> None:
         from bench_load import build_go_loadgen, run_load, run_load_go

@@ -125,21 +125,42 @@ class QueryRun:
 def run_queries(query: Callable[[str, int, int], Sequence[int]], pair: str, qids: np.ndarray, k: int,
                 desc: str = "", quiet: bool = False) -> QueryRun:
     """Call query(pair, word_id, k) once per query word, one at a time, timing each call."""
-    answers, times = [], []
-    errors, first = 0, ""
+    return run_interleaved(query, [pair], qids, k, desc=desc, quiet=quiet)[0][pair]
+
+
+def run_interleaved(query: Callable[[str, int, int], Sequence[int]], pairs: Sequence[str], qids: np.ndarray,
+                    k: int, between: Callable[[], object] | None = None, desc: str = "",
+                    quiet: bool = False) -> tuple[dict[str, QueryRun], np.ndarray]:
+    """Each query word asked of every pair in turn (word 1 of each pair, then word 2, ...), one call at a time,
+    timing each call; and, when given, ``between()`` once per round, timed too. Interleaved, every pair (and the
+    ``between`` reference call) sees the same moments of a shared, noisy machine: a burst of other work or a
+    warming cache cannot fall on one pair alone, as it could when each pair's sample ran in a block.
+
+    Returns ({pair: QueryRun}, the seconds of each ``between`` call)."""
+    answers: dict[str, list] = {p: [] for p in pairs}
+    times: dict[str, list[float]] = {p: [] for p in pairs}
+    errors = dict.fromkeys(pairs, 0)
+    first = dict.fromkeys(pairs, "")
+    reference: list[float] = []
     clock = time.perf_counter
     for wid in tqdm(qids.tolist(), desc=desc, leave=False, disable=quiet or not desc):
-        t0 = clock()
-        try:
-            ids = query(pair, wid, k)
-        except Exception as exc:  # counted and reported; one failure must not end the run
-            errors += 1
-            first = first or f"{type(exc).__name__}: {exc}"
-            answers.append(())
-            continue
-        times.append(clock() - t0)
-        answers.append(ids)
-    return QueryRun(to_matrix(answers, k), np.array(times), errors, first)
+        for pair in pairs:
+            t0 = clock()
+            try:
+                ids = query(pair, wid, k)
+            except Exception as exc:  # counted and reported; one failure must not end the run
+                errors[pair] += 1
+                first[pair] = first[pair] or f"{type(exc).__name__}: {exc}"
+                answers[pair].append(())
+                continue
+            times[pair].append(clock() - t0)
+            answers[pair].append(ids)
+        if between is not None:
+            t0 = clock()
+            between()
+            reference.append(clock() - t0)
+    runs = {p: QueryRun(to_matrix(answers[p], k), np.array(times[p]), errors[p], first[p]) for p in pairs}
+    return runs, np.array(reference)
 
 
 def percentiles_us(seconds: np.ndarray) -> dict:
