@@ -398,7 +398,8 @@ class Bench:
                         f"recorded at build (held-out queries)")
 
     def throughput_phase(self, server) -> None:
-        from bench_load import build_go_loadgen, run_load, run_load_go
+        from bench_load import (HEALTH_CHECK_METHOD, build_go_loadgen, health_check_requests, run_load, run_load_go,
+                                search_requests)
 
         cfg, M = self.cfg, self.M
         words = self.bundle.vocab.words
@@ -425,13 +426,23 @@ class Bench:
                 log.info("no Go load generator: %s", why_not)
             else:
                 out["grpc_go"] = {}
+                requests = search_requests(queries, cfg.k)
                 for c in cfg.clients:
                     log.info("gRPC load, Go load generator: %d clients for %.0f s", c, cfg.duration)
                     res = self.with_server_cpu(server, lambda: run_load_go(
-                        binary, server.address, queries, clients=c, seconds=cfg.duration, k=cfg.k))
+                        binary, server.address, requests, clients=c, seconds=cfg.duration))
                     out["grpc_go"][str(c)] = res
                     if res["errors"]:
                         self.result["problems"].append(f"gRPC load with {c} Go clients: errors {res['errors']}")
+                if cfg.clients:
+                    # the same load of calls that do no work (health Check): what the server's gRPC costs alone
+                    c = max(cfg.clients)
+                    log.info("gRPC load, Go load generator: %d clients calling health Check for %.0f s", c,
+                             cfg.duration)
+                    res = self.with_server_cpu(server, lambda: run_load_go(
+                        binary, server.address, health_check_requests(), clients=c, seconds=cfg.duration,
+                        method=HEALTH_CHECK_METHOD))
+                    out["grpc_go_bare"] = {str(c): res}
         items = M.work_items(self.bundle, self.pairs, self.np.array(mix))
         # each mode keeps its cores busy: CPU per query = cores / rate
         for threads in sorted({1, self.ncpu}):
@@ -455,6 +466,17 @@ class Bench:
             out["ratio_grpc32_to_inprocess"] = measured[0][1]["qps"] / best["qps"]
             out["ratio_grpc32_to_single"] = measured[0][1]["qps"] / single["qps"]
             out["ratios_by_load_generator"] = {name: res["qps"] / best["qps"] for name, res in measured}
+            bare = out.get("grpc_go_bare", {}).get(top)
+            search = out.get("grpc_go", {}).get(top)
+            if bare and search and bare.get("server_cpu_us_per_call") and search.get("client_cpu_us_per_call"):
+                # what the server could answer here if its search cost no more CPU than the best in-process mode
+                # and gRPC no more than a call that does no work: the CPUs, shared with the load generator,
+                # divided by the CPU of one call on both sides
+                cost = {"bare_call_server_cpu_us": bare["server_cpu_us_per_call"],
+                        "inprocess_cpu_us_per_query": best["cpu_us_per_query"],
+                        "load_generator_cpu_us_per_call": search["client_cpu_us_per_call"]}
+                qps = self.ncpu * 1e6 / sum(cost.values())
+                out["ceiling"] = {**cost, "cpus": self.ncpu, "qps": qps, "ratio": qps / best["qps"]}
         self.result["throughput"] = out
 
     @staticmethod

@@ -12,7 +12,8 @@ Two load generators:
 
     result = run_load("127.0.0.1:50051", [("word", "in", "out"), ...], clients=32, processes=4, seconds=10)
     binary, why_not = build_go_loadgen(Path("/tmp/cache"))
-    result = run_load_go(binary, "127.0.0.1:50051", [("word", "in", "out"), ...], clients=32, seconds=10)
+    result = run_load_go(binary, "127.0.0.1:50051", search_requests([("word", "in", "out"), ...], k=10),
+                         clients=32, seconds=10)
 """
 from __future__ import annotations
 
@@ -190,14 +191,26 @@ def write_requests(path: Path, requests: Sequence) -> None:
             f.write(_uvarint(len(data)) + data)
 
 
-def run_load_go(binary: Path, address: str, queries: Sequence[tuple[str, str, str]], *, clients: int,
-                seconds: float, warmup: float = 1.0, k: int = 10) -> dict:
+SEARCH_METHOD = "/dualvec.v1.DualVec/Search"
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"  # a unary call that does no work: gRPC's own cost
+
+
+def health_check_requests() -> list:
+    """One empty health Check request (the server's overall status)."""
+    from grpc_health.v1 import health_pb2
+
+    return [health_pb2.HealthCheckRequest()]
+
+
+def run_load_go(binary: Path, address: str, requests: Sequence, *, clients: int, seconds: float,
+                warmup: float = 1.0, method: str = SEARCH_METHOD) -> dict:
     """run_load's measurement from the compiled load generator: one process, a goroutine and a connection per
-    client. Also returns the generator's own CPU time per call (client_cpu_us_per_call)."""
+    client, cycling through ``requests`` (protobuf messages of ``method``, e.g. ``search_requests(queries, k)``).
+    Also returns the generator's own CPU time per call (client_cpu_us_per_call)."""
     with tempfile.TemporaryDirectory(prefix="dualvec-load-") as tmp:
         reqs = Path(tmp) / "requests.bin"
-        write_requests(reqs, search_requests(queries, k))
-        cmd = [str(binary), "-addr", address, "-requests", str(reqs), "-clients", str(clients),
+        write_requests(reqs, requests)
+        cmd = [str(binary), "-addr", address, "-method", method, "-requests", str(reqs), "-clients", str(clients),
                "-duration", str(seconds), "-warmup", str(warmup)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup + 120)
     if proc.returncode != 0:

@@ -64,7 +64,8 @@ def judge_targets(r: dict) -> list[dict]:
                            for name, v in t.get("ratios_by_load_generator", {}).items() if name != gen)
         rows.append(_row("gRPC throughput @32 clients >= 1/2 of the same index in-process",
                          f"{t['ratio_grpc32_to_inprocess']:.2f} ({served:.0f} qps, {LOAD_GENERATOR_LABEL[gen]}, vs "
-                         f"{best['qps']:.0f} qps {best['mode']}){'; ' + others if others else ''}",
+                         f"{best['qps']:.0f} qps {best['mode']}){'; ' + others if others else ''}"
+                         f"{_ceiling(t)}",
                          t["ratio_grpc32_to_inprocess"] >= TARGET_THROUGHPUT_RATIO, t["command"]))
     else:
         rows.append(_row("gRPC throughput @32 >= 1/2 in-process", "not measured", None, ""))
@@ -96,6 +97,12 @@ def _floor(search: dict, pair: str, lead: str = " (") -> str:
     close = ")" if lead == " (" else ""
     return (f"{lead}this machine's floor: a bare gRPC call {bare / 1000:.3f} + the engine's search "
             f"{engine / 1000:.3f} = {(bare + engine) / 1000:.3f} ms{close}")
+
+
+def _ceiling(t: dict) -> str:
+    """'; this machine's ceiling R' of a throughput measurement, when the bare-call load was measured."""
+    c = t.get("ceiling")
+    return f"; this machine's ceiling {c['ratio']:.2f} (see throughput)" if c else ""
 
 
 def _row(target: str, measured: str, met: bool | None, command: str) -> dict:
@@ -136,6 +143,9 @@ def format_throughput(t: dict) -> list[str]:
                    f"p50 {v.get('p50_us', float('nan')):.0f} us, p99 {v.get('p99_us', float('nan')):.0f} us; "
                    f"its CPU {v.get('client_cpu_us_per_call', float('nan')):.0f} us per call"
                    f"{_server_cpu(v)}{err}")
+    for c, v in t.get("grpc_go_bare", {}).items():
+        out.append(f"  gRPC {int(c):>3} clients, Go load generator, health Check (no work): {v['qps']:>8.0f} calls/s"
+                   f"{_server_cpu(v)}")
     if t.get("grpc_go_unavailable"):
         out.append(f"  Go load generator not run: {t['grpc_go_unavailable']}")
     for name, v in t["inprocess"].items():
@@ -149,6 +159,13 @@ def format_throughput(t: dict) -> list[str]:
                    f"{by_gen or format(t['ratio_grpc32_to_inprocess'], '.2f')}; with the "
                    f"{LOAD_GENERATOR_LABEL[t.get('ratio_load_generator', 'python')]}, vs one query at a time "
                    f"on all cores {t['ratio_grpc32_to_single']:.2f}")
+    c = t.get("ceiling")
+    if c:
+        out.append(f"  this machine's ceiling at {t['top_clients']} clients, were the search no dearer than in-process "
+                   f"and gRPC no dearer than a call that does no work: {c['cpus']} CPUs / (server "
+                   f"{c['bare_call_server_cpu_us']:.0f} + search {c['inprocess_cpu_us_per_query']:.0f} + load "
+                   f"generator {c['load_generator_cpu_us_per_call']:.0f} us of CPU per call) = {c['qps']:.0f} qps, "
+                   f"ratio {c['ratio']:.2f}")
     out.append(f"  reproduce: {t['command']}")
     return out
 

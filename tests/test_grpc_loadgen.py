@@ -79,7 +79,8 @@ def test_go_load_generator_measures_a_real_server(server, lee_bundle):
     words = [line.split("\t")[0] for line in (lee_bundle / "vocab.tsv").read_text().splitlines()[:50]]
     queries = [(w, "in" if i % 2 else "out", "out" if i % 3 else "in") for i, w in enumerate(words)]
     before = server.servicer.batchers[server.servicer.default].stats().items
-    res = bench_load.run_load_go(BINARY, server.address, queries, clients=4, seconds=1.0, warmup=0.2)
+    res = bench_load.run_load_go(BINARY, server.address, bench_load.search_requests(queries, 10), clients=4,
+                                 seconds=1.0, warmup=0.2)
     after = server.servicer.batchers[server.servicer.default].stats().items
     assert res["errors"] == {}
     assert res["queries"] > 20 and res["qps"] == pytest.approx(res["queries"] / 1.0)
@@ -92,9 +93,19 @@ def test_go_load_generator_measures_a_real_server(server, lee_bundle):
 @needs_go
 def test_go_load_generator_counts_errors_by_status(server, tmp_path):
     # an unknown word: every call fails with NOT_FOUND (the server names the word); none is counted as answered
-    res = bench_load.run_load_go(BINARY, server.address, [("no-such-word-xyz", "in", "out")], clients=2,
-                                 seconds=0.5, warmup=0.1)
+    unknown = bench_load.search_requests([("no-such-word-xyz", "in", "out")], 10)
+    res = bench_load.run_load_go(BINARY, server.address, unknown, clients=2, seconds=0.5, warmup=0.1)
     assert res["queries"] == 0 and set(res["errors"]) == {"NOT_FOUND"} and res["errors"]["NOT_FOUND"] > 0
+
+
+@needs_go
+def test_go_load_generator_measures_bare_health_checks(server):
+    # the throughput phase's reference load: the same generator, calls that do no work
+    before = server.servicer.batchers[server.servicer.default].stats().items
+    res = bench_load.run_load_go(BINARY, server.address, bench_load.health_check_requests(), clients=2,
+                                 seconds=0.5, warmup=0.1, method=bench_load.HEALTH_CHECK_METHOD)
+    assert res["errors"] == {} and res["queries"] > 20
+    assert server.servicer.batchers[server.servicer.default].stats().items == before  # no search ran
 
 
 @needs_go
@@ -136,6 +147,18 @@ def test_report_judges_throughput_by_the_go_load_generator_and_shows_both():
     text = "\n".join(bench_report.format_throughput(r["throughput"]))
     assert "32 clients, Go load generator:" in text and "32 clients, Python (4 processes):" in text
     assert "server CPU 1100 us per call (1.70 cores)" in text and "400 us of CPU per query" in text
+
+    # with the bare-call load measured, the row and the section give the machine's ceiling
+    r["throughput"]["grpc_go_bare"] = {"32": {"qps": 5000.0, "server_cpu_us_per_call": 250.0,
+                                              "server_cpu_cores": 1.25, "errors": {}}}
+    r["throughput"]["ceiling"] = {"bare_call_server_cpu_us": 250.0, "inprocess_cpu_us_per_query": 400.0,
+                                  "load_generator_cpu_us_per_call": 100.0, "cpus": 2, "qps": 2666.7,
+                                  "ratio": 0.5333}
+    row = next(x for x in bench_report.judge_targets(r) if x["target"].startswith("gRPC throughput"))
+    assert row["measured"].endswith("; this machine's ceiling 0.53 (see throughput)")
+    text = "\n".join(bench_report.format_throughput(r["throughput"]))
+    assert "32 clients, Go load generator, health Check (no work):     5000 calls/s; server CPU 250 us" in text
+    assert "2 CPUs / (server 250 + search 400 + load generator 100 us of CPU per call) = 2667 qps, ratio 0.53" in text
 
     r = {"throughput": _throughput(None)}
     row = next(x for x in bench_report.judge_targets(r) if x["target"].startswith("gRPC throughput"))
