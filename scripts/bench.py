@@ -5,7 +5,8 @@
                             [--phases search,throughput,sweep] [--peers gensim,hnswlib,qdrant] ...
 
 In one run, printed as one table (each section followed by the command that reproduces it), written as
-OUT/bench.json and OUT/bench.png (recall vs latency, one curve per space pair):
+OUT/bench.json, OUT/bench.png (recall vs latency, one curve per space pair) and OUT/latency.png (where a served
+query's median time goes: the bare gRPC call, the engine's search, the rest):
 
   search      recall@10 against exact search of the 4 pairs (IN->IN, IN->OUT, OUT->IN, OUT->OUT) for query words
               drawn uniformly from the vocabulary and by word frequency, query word excluded, ann-benchmarks' tie
@@ -650,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     for noisy in ("faiss", "gensim", "smart_open", "httpx", "qdrant_client", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from bench_report import format_report, plot, write_json
+    from bench_report import format_report, plot, plot_latency_parts, write_json
 
     started = time.perf_counter()
     bench = Bench(cfg)
@@ -659,10 +660,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.out)
     with bench.phase("report"):
         drew = plot(result, out / "bench.png")
-    result["files"] = {"json": str(out / "bench.json"), "png": str(out / "bench.png") if drew else None}
+        drew_parts = plot_latency_parts(result, out / "latency.png")
+    pngs = [str(out / name) for name, made in (("bench.png", drew), ("latency.png", drew_parts)) if made]
+    result["files"] = {"json": str(out / "bench.json"), "png": str(out / "bench.png") if drew else None,
+                       "latency_png": str(out / "latency.png") if drew_parts else None}
     write_json(_strip_private(result), out / "bench.json")
     print(format_report(result))
-    print(f"wrote {out / 'bench.json'}" + (f" and {out / 'bench.png'}" if drew else ""))
+    print(f"wrote {out / 'bench.json'}" + "".join(f" and {p}" for p in pngs))
     return 0
 
 

@@ -390,3 +390,56 @@ def plot(r: dict, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def latency_parts(r: dict) -> dict[str, dict[str, float]] | None:
+    """Per pair (and "all"), a served call's p50 split into microseconds: the bare gRPC call, the engine's search,
+    and the rest (the served p50 less both: the Search path's Python on both sides, and a search slower between
+    calls than in a loop; negative when the parts' medians overshoot). None without a gRPC run and its bare call."""
+    s = r.get("search") or {}
+    g = s.get("grpc") or {}
+    bare = g.get("bare_rpc_us", {}).get("p50")
+    if bare is None:
+        return None
+    out = {}
+    for p, lat in g["latency_us"].items():
+        engine = s["inprocess"]["latency_us"][p]["p50"]
+        out[p] = {"bare gRPC call": bare, "engine search": engine, "rest": lat["p50"] - bare - engine,
+                  "served": lat["p50"]}
+    return out
+
+
+def plot_latency_parts(r: dict, path: Path) -> bool:
+    """Where a served call's median goes, per pair, as stacked bars, against the 1 ms target: the bare gRPC call
+    and the engine's search (together this machine's floor for a served call), and the rest. Returns False when
+    the run has no gRPC search phase."""
+    parts = latency_parts(r)
+    if not parts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(parts)
+    labels = [PAIR_LABEL.get(p, p) for p in names]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    left = [0.0] * len(names)
+    for part, color in (("bare gRPC call", "tab:gray"), ("engine search", "tab:blue"), ("rest", "tab:orange")):
+        widths = [max(parts[p][part], 0.0) / 1000 for p in names]
+        ax.barh(labels, widths, left=left, color=color, label=part)
+        left = [a + b for a, b in zip(left, widths)]
+    for i, p in enumerate(names):
+        ax.text(parts[p]["served"] / 1000 + 0.02, i, f"{parts[p]['served'] / 1000:.2f} ms", va="center", fontsize=8)
+    ax.axvline(TARGET_P50_US / 1000, color="black", ls="--", lw=1, label="target p50 (1 ms)")
+    ax.invert_yaxis()
+    ax.set_xlabel("median milliseconds per query, one client (bare call + engine = this machine's floor)")
+    ax.set_xlim(0, max(parts[p]["served"] for p in names) / 1000 * 1.15)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=4)
+    b = r["bundle"]
+    ax.set_title(f"dualvec {Path(b['path']).name}: where a served query's median time goes", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -68,3 +68,19 @@ def test_without_a_bare_call_the_rows_say_only_what_was_measured():
     assert p50["met"] is True and p50["measured"] == "0.900 ms"
     gensim = next(r for t, r in rows.items() if t.startswith(">= 100x faster than gensim"))
     assert gensim["measured"].endswith("100x needs 0.700 ms)")
+
+
+def test_a_served_calls_median_is_split_into_bare_call_engine_and_rest(tmp_path):
+    r = _result(1263.0, 555.0)
+    r["search"]["grpc"]["latency_us"]["in-in"] = {"p50": 1400.0, "p99": 3000.0}
+    r["bundle"] = {"path": "/data/m1m.bundle"}
+    parts = bench_report.latency_parts(r)
+    assert parts["all"] == {"bare gRPC call": 555.0, "engine search": 450.0, "rest": 258.0, "served": 1263.0}
+    assert parts["in-in"]["rest"] == 1400.0 - 555.0 - 600.0
+    png = tmp_path / "latency.png"
+    assert bench_report.plot_latency_parts(r, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # no bare call (or no gRPC run): nothing to split, nothing drawn
+    assert bench_report.latency_parts(_result(900.0, None)) is None
+    assert not bench_report.plot_latency_parts(_result(900.0, None), tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
