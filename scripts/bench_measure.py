@@ -428,10 +428,12 @@ class ServerProcess:
 class OtherLoad:
     """Share of the machine's CPU used by processes outside this benchmark (this process, its children and the
     server) between start() and stop(): 0 = the benchmark had the machine alone, 1 = others kept every core busy.
-    Latency and throughput measured on a busy machine are pessimistic; the report says so."""
+    Time the hypervisor gave to other guests (steal: the CPU was wanted here but ran elsewhere) is counted apart,
+    as ``steal_share``. Latency and throughput measured on a busy machine are pessimistic; the report says so."""
 
     def __init__(self, extra_pids: Callable[[], Sequence[int]] = lambda: ()):
         self.extra_pids = extra_pids
+        self.steal_share = 0.0
 
     def _ours(self) -> float:
         import psutil
@@ -449,20 +451,28 @@ class OtherLoad:
         return total
 
     @staticmethod
-    def _busy() -> float:
+    def _busy_and_steal() -> tuple[float, float]:
+        """CPU seconds the guest's processes ran (all CPUs), and seconds the hypervisor stole."""
         import psutil
 
         t = psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+        steal = getattr(t, "steal", 0.0)
+        busy = (sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0)
+                - getattr(t, "guest_nice", 0.0) - steal)
+        return busy, steal
 
     def start(self) -> "OtherLoad":
-        self.t0, self.busy0, self.ours0 = time.perf_counter(), self._busy(), self._ours()
+        self.t0, (self.busy0, self.steal0), self.ours0 = time.perf_counter(), self._busy_and_steal(), self._ours()
         return self
 
     def stop(self) -> float:
+        """The share other processes took; the hypervisor's is left in ``steal_share``."""
         wall = time.perf_counter() - self.t0
-        others = (self._busy() - self.busy0) - (self._ours() - self.ours0)
-        return max(0.0, others / max(1e-9, wall * (os.cpu_count() or 1)))
+        busy, steal = self._busy_and_steal()
+        capacity = max(1e-9, wall * (os.cpu_count() or 1))
+        self.steal_share = max(0.0, (steal - self.steal0) / capacity)
+        others = (busy - self.busy0) - (self._ours() - self.ours0)
+        return max(0.0, others / capacity)
 
 
 def dualvec_command() -> list[str]:

@@ -20,6 +20,13 @@ TARGET_GENSIM_SPEEDUP = 100.0
 TARGET_THROUGHPUT_RATIO = 0.5
 TARGET_BUILD_SECONDS = 15 * 60
 
+# Above this share of the CPUs taken by other processes or the hypervisor during a timed phase, its numbers are
+# flagged as pessimistic. On the 2-CPU machine of docs/performance.md, 12 % taken during one search phase doubled
+# the median of a bare gRPC call (1.21 ms, against 0.51-0.71 ms in undisturbed runs).
+BUSY_SHARE = 0.05
+# the phase each machine-dependent target is measured in
+SEARCH_PHASE, THROUGHPUT_PHASE, GENSIM_PHASE = "search: recall and latency", "throughput", "peer gensim"
+
 
 # ---------------------------------------------------------------------------------------------------------- targets
 
@@ -37,9 +44,10 @@ def judge_targets(r: dict) -> list[dict]:
                          f" {detail})", min(worst.values()) >= TARGET_RECALL, search["command"]))
         if search.get("grpc"):
             lat = search["grpc"]["latency_us"]["all"]
+            busy = _busy(r, SEARCH_PHASE)
             rows.append(_row("gRPC single-query p50 <= 1 ms", f"{lat['p50'] / 1000:.3f} ms"
-                             f"{_floor(search, 'all')}", lat["p50"] <= TARGET_P50_US, search["command"]))
-            rows.append(_row("gRPC single-query p99 <= 5 ms", f"{lat['p99'] / 1000:.3f} ms",
+                             f"{_floor(search, 'all')}{busy}", lat["p50"] <= TARGET_P50_US, search["command"]))
+            rows.append(_row("gRPC single-query p99 <= 5 ms", f"{lat['p99'] / 1000:.3f} ms{busy}",
                              lat["p99"] <= TARGET_P99_US, search["command"]))
         else:
             rows.append(_row("gRPC single-query p50 <= 1 ms, p99 <= 5 ms", "not measured", None, ""))
@@ -51,7 +59,8 @@ def judge_targets(r: dict) -> list[dict]:
                          f"{g['speedup_vs_grpc']:.1f}x (gensim {g['latency_us']['p50'] / 1000:.2f} ms vs dualvec "
                          f"gRPC {g['dualvec_grpc_p50_us'] / 1000:.3f} ms; 100x needs "
                          f"{g['latency_us']['p50'] / TARGET_GENSIM_SPEEDUP / 1000:.3f} ms"
-                         f"{_floor(search, 'in-in', ', against ') if search else ''})",
+                         f"{_floor(search, 'in-in', ', against ') if search else ''})"
+                         f"{_busy(r, SEARCH_PHASE, GENSIM_PHASE)}",
                          g["speedup_vs_grpc"] >= TARGET_GENSIM_SPEEDUP, g["command"]))
     else:
         rows.append(_row(">= 100x faster than gensim most_similar", "not measured", None, ""))
@@ -65,7 +74,7 @@ def judge_targets(r: dict) -> list[dict]:
         rows.append(_row("gRPC throughput @32 clients >= 1/2 of the same index in-process",
                          f"{t['ratio_grpc32_to_inprocess']:.2f} ({served:.0f} qps, {LOAD_GENERATOR_LABEL[gen]}, vs "
                          f"{best['qps']:.0f} qps {best['mode']}){'; ' + others if others else ''}"
-                         f"{_ceiling(t)}",
+                         f"{_ceiling(t)}{_busy(r, THROUGHPUT_PHASE)}",
                          t["ratio_grpc32_to_inprocess"] >= TARGET_THROUGHPUT_RATIO, t["command"]))
     else:
         rows.append(_row("gRPC throughput @32 >= 1/2 in-process", "not measured", None, ""))
@@ -97,6 +106,20 @@ def _floor(search: dict, pair: str, lead: str = " (") -> str:
     close = ")" if lead == " (" else ""
     return (f"{lead}this machine's floor: a bare gRPC call {bare / 1000:.3f} + the engine's search "
             f"{engine / 1000:.3f} = {(bare + engine) / 1000:.3f} ms{close}")
+
+
+def _busy(r: dict, *phases: str) -> str:
+    """' (pessimistic: ...)' when other processes or the hypervisor took more than BUSY_SHARE of the CPUs during
+    one of the phases a number comes from; empty otherwise (or when the shares were not measured)."""
+    machine = r.get("machine") or {}
+    others, steal = machine.get("others_cpu_share") or {}, machine.get("steal_cpu_share") or {}
+    hit = [(ph, others.get(ph, 0.0), steal.get(ph, 0.0)) for ph in phases
+           if others.get(ph, 0.0) + steal.get(ph, 0.0) > BUSY_SHARE]
+    if not hit:
+        return ""
+    what = "; ".join(f"during {ph}, other processes took {o:.0%} of the CPUs and the hypervisor {st:.0%}"
+                     for ph, o, st in hit)
+    return f" (pessimistic: {what})"
 
 
 def _ceiling(t: dict) -> str:
@@ -303,6 +326,10 @@ def format_report(r: dict) -> str:
     if others:
         out.append("CPU share taken by other processes meanwhile: " + ", ".join(
             f"{k} {v:.0%}" for k, v in others.items()))
+    steal = r["machine"].get("steal_cpu_share") or {}
+    if steal:
+        out.append("CPU share the hypervisor gave elsewhere (steal) meanwhile: " + ", ".join(
+            f"{k} {v:.0%}" for k, v in steal.items()))
     out.append(f"command: {r['command']}")
     return "\n".join(out)
 
