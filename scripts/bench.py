@@ -37,6 +37,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# the report finds each timed phase's CPU shares by these names
+from bench_report import BUSY_SHARE, SEARCH_PHASE, THROUGHPUT_PHASE
+
 PHASES = ("search", "throughput", "sweep")
 PEERS = ("gensim", "hnswlib", "qdrant")
 LOAD_GENERATORS = ("python", "go")
@@ -200,7 +203,7 @@ class Bench:
     @contextmanager
     def phase(self, name: str, timed: bool = False):
         """Time a phase; timed=True: also measure the CPU share other processes and the hypervisor took meanwhile
-        (a busy machine makes latency and throughput pessimistic) and note it as a problem above bench_report.BUSY_SHARE."""
+        (a busy machine makes latency and throughput pessimistic) and note it as a problem above BUSY_SHARE."""
         log.info("phase: %s", name)
         t0 = time.perf_counter()
         load = self.M.OtherLoad(lambda: [self.server.pid] if self.server is not None and self.server.alive()
@@ -210,14 +213,12 @@ class Bench:
         finally:
             self.result["phase_seconds"][name] = round(time.perf_counter() - t0, 2)
             share = load.stop() if time.perf_counter() - t0 >= 0.5 else 0.0  # too short to tell
-            from bench_report import BUSY_SHARE as busy_share
-
             steal = load.steal_share
             self.result["machine"]["others_cpu_share"][name] = round(share, 3)
             self.result["machine"]["steal_cpu_share"][name] = round(steal, 3)
             log.info("phase: %s done in %.1f s (other processes used %.0f%% of the CPUs, the hypervisor %.0f%%)",
                      name, time.perf_counter() - t0, 100 * share, 100 * steal)
-            if timed and share + steal > busy_share:
+            if timed and share + steal > BUSY_SHARE:
                 self.result["problems"].append(
                     f"machine busy during '{name}': other processes used {share:.0%} of the {self.ncpu} CPUs and "
                     f"the hypervisor {steal:.0%} (load average {os.getloadavg()[0]:.1f}); its latency/throughput "
@@ -286,8 +287,6 @@ class Bench:
 
     # ------------------------------------------------------------------------------------------------- phases
     def run(self) -> dict:
-        from bench_report import SEARCH_PHASE, THROUGHPUT_PHASE  # the report finds each phase's CPU share by name
-
         cfg, r = self.cfg, self.result
         self.build_info()
         with self.phase("index diagnostics"):

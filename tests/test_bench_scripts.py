@@ -91,7 +91,8 @@ def test_numbers_from_a_busy_phase_are_flagged_pessimistic():
     r["machine"] = {"others_cpu_share": {bench_report.SEARCH_PHASE: 0.12, bench_report.GENSIM_PHASE: 0.01},
                     "steal_cpu_share": {bench_report.SEARCH_PHASE: 0.0, bench_report.GENSIM_PHASE: 0.02}}
     rows = {x["target"]: x for x in bench_report.judge_targets(r)}
-    flag = " (pessimistic: during search: recall and latency, other processes took 12% of the CPUs and the hypervisor 0%)"
+    flag = (" (pessimistic: during search: recall and latency, other processes took 12% of the CPUs and the "
+            "hypervisor 0%)")
     assert rows["gRPC single-query p50 <= 1 ms"]["measured"].endswith(flag)
     assert rows["gRPC single-query p99 <= 5 ms"]["measured"] == "3.000 ms" + flag
     assert next(x for t, x in rows.items() if t.startswith(">= 100x"))["measured"].endswith(flag)
