@@ -484,6 +484,11 @@ class Bench:
                         "load_generator_cpu_us_per_call": search["client_cpu_us_per_call"]}
                 qps = self.ncpu * 1e6 / sum(cost.values())
                 out["ceiling"] = {**cost, "cpus": self.ncpu, "qps": qps, "ratio": qps / best["qps"]}
+                # the same with each search paying its own FAISS call, as calls reach a server one at a time
+                one = out["inprocess"]["1 thread, 1 query/call"]["cpu_us_per_query"]
+                qps_one = self.ncpu * 1e6 / (sum(cost.values()) - cost["inprocess_cpu_us_per_query"] + one)
+                out["ceiling"].update(single_query_cpu_us=one, qps_one_at_a_time=qps_one,
+                                      ratio_one_at_a_time=qps_one / best["qps"])
         self.result["throughput"] = out
 
     @staticmethod

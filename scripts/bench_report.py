@@ -125,7 +125,11 @@ def _busy(r: dict, *phases: str) -> str:
 def _ceiling(t: dict) -> str:
     """'; this machine's ceiling R' of a throughput measurement, when the bare-call load was measured."""
     c = t.get("ceiling")
-    return f"; this machine's ceiling {c['ratio']:.2f} (see throughput)" if c else ""
+    if not c:
+        return ""
+    one = c.get("ratio_one_at_a_time")
+    return (f"; this machine's ceiling {c['ratio']:.2f}"
+            + (f", {one:.2f} with one search per FAISS call" if one is not None else "") + " (see throughput)")
 
 
 def _row(target: str, measured: str, met: bool | None, command: str) -> dict:
@@ -189,6 +193,10 @@ def format_throughput(t: dict) -> list[str]:
                    f"{c['bare_call_server_cpu_us']:.0f} + search {c['inprocess_cpu_us_per_query']:.0f} + load "
                    f"generator {c['load_generator_cpu_us_per_call']:.0f} us of CPU per call) = {c['qps']:.0f} qps, "
                    f"ratio {c['ratio']:.2f}")
+        if c.get("ratio_one_at_a_time") is not None:
+            out.append(f"  the same with one search per FAISS call ({c['single_query_cpu_us']:.0f} us of CPU, as calls "
+                       f"reach the server one at a time): {c['qps_one_at_a_time']:.0f} qps, ratio "
+                       f"{c['ratio_one_at_a_time']:.2f}")
     out.append(f"  reproduce: {t['command']}")
     return out
 

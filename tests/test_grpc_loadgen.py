@@ -153,12 +153,16 @@ def test_report_judges_throughput_by_the_go_load_generator_and_shows_both():
                                               "server_cpu_cores": 1.25, "errors": {}}}
     r["throughput"]["ceiling"] = {"bare_call_server_cpu_us": 250.0, "inprocess_cpu_us_per_query": 400.0,
                                   "load_generator_cpu_us_per_call": 100.0, "cpus": 2, "qps": 2666.7,
-                                  "ratio": 0.5333}
+                                  "ratio": 0.5333, "single_query_cpu_us": 550.0, "qps_one_at_a_time": 2222.2,
+                                  "ratio_one_at_a_time": 0.4444}
     row = next(x for x in bench_report.judge_targets(r) if x["target"].startswith("gRPC throughput"))
-    assert row["measured"].endswith("; this machine's ceiling 0.53 (see throughput)")
+    assert row["measured"].endswith("; this machine's ceiling 0.53, 0.44 with one search per FAISS call (see "
+                                    "throughput)")
     text = "\n".join(bench_report.format_throughput(r["throughput"]))
     assert "32 clients, Go load generator, health Check (no work):     5000 calls/s; server CPU 250 us" in text
     assert "2 CPUs / (server 250 + search 400 + load generator 100 us of CPU per call) = 2667 qps, ratio 0.53" in text
+    assert "with one search per FAISS call (550 us of CPU, as calls reach the server one at a time): 2222 qps, " \
+           "ratio 0.44" in text
 
     r = {"throughput": _throughput(None)}
     row = next(x for x in bench_report.judge_targets(r) if x["target"].startswith("gRPC throughput"))
