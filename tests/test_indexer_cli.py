@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import gensim
@@ -255,6 +256,19 @@ def test_info_refuses_a_damaged_bundle_in_one_line(small_bundle, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- interruption
 
+@contextmanager
+def sigint_not_ignored():
+    """Children started inside get SIGINT at its default action. A shell without job control starts background jobs
+    (`.ci/run &` in a script) with SIGINT ignored; an ignored signal stays ignored across exec, Python then installs
+    no KeyboardInterrupt handler, and the build would never see the test's SIGINT. A handled signal is reset to its
+    default on exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_build_leaves_nothing_and_keeps_an_existing_bundle(lee_model, small_bundle, tmp_path,
                                                                           signum):
@@ -266,9 +280,10 @@ def test_an_interrupted_build_leaves_nothing_and_keeps_an_existing_bundle(lee_mo
     if keep:
         shutil.copytree(small_bundle, target)
     before = (target / "manifest.json").read_bytes() if keep else None
-    proc = subprocess.Popen([*DUALVEC, "build", str(lee_model), "-o", str(target), "--index", "hnsw", "-q",
-                             *(["--force"] if keep else [])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with sigint_not_ignored():
+        proc = subprocess.Popen([*DUALVEC, "build", str(lee_model), "-o", str(target), "--index", "hnsw", "-q",
+                                 *(["--force"] if keep else [])],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while not any(p.name.startswith(".lee.bundle.partial-") for p in tmp_path.iterdir()):
