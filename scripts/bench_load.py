@@ -32,14 +32,11 @@ from typing import Sequence
 GO_SOURCE = Path(__file__).with_name("grpc_loadgen.go")
 DEBIAN_GOPATH = Path("/usr/share/gocode")  # where golang-google-grpc-dev puts google.golang.org/grpc
 
-SPACE = {"in": 1, "out": 2}  # dualvec.v1.Space values
-
-
 def search_requests(queries: Sequence[tuple[str, str, str]], k: int) -> list:
-    """One SearchRequest per (word, query_space, target_space)."""
-    from dualvec.v1 import dualvec_pb2 as pb
+    """One SearchRequest per (word, query_space, target_space), as dualvec.Client.search would send it."""
+    from dualvec.client import search_request
 
-    return [pb.SearchRequest(positive=[w], query_space=SPACE[q], target_space=SPACE[t], k=k) for w, q, t in queries]
+    return [search_request(w, query_space=q, target_space=t, k=k) for w, q, t in queries]
 
 
 def _worker(address: str, queries: Sequence[tuple[str, str, str]], threads: int, offset: int, k: int,

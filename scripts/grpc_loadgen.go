@@ -8,8 +8,8 @@
 // the file given with -requests holds them back to back, each preceded by its length as a uvarint. Each of the
 // -clients goroutines has its own connection and sends the next request (cycling through the file from its own
 // offset) as soon as the answer to the previous one is back. One OS thread runs them all by default (-procs):
-// measured against two, it spent 15 % less CPU per call and left the server more. Calls that start and end inside the measured window
-// (after -warmup, for -duration seconds) are counted. Prints one JSON object: throughput, latency percentiles,
+// measured against two, it spent 15 % less CPU per call and left the server more. Calls that start and end
+// inside the measured window (after -warmup, for -duration seconds) are counted. Prints one JSON object: throughput, latency percentiles,
 // errors by status code, and the CPU time this process used during the window.
 //
 //	grpc_loadgen -addr 127.0.0.1:50051 -method /dualvec.v1.DualVec/Search -requests reqs.bin -clients 32
