@@ -11,15 +11,15 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from dualvec.ann import IndexSpec, SearchParams, SpaceIndex, build_index, choose_spec
-from dualvec.bundle import BundleWriter, hubs_file, index_file, norms_file, vectors_file
-from dualvec.errors import ModelError
+from dualvec.kernel.ann import IndexSpec, SearchParams, SpaceIndex, build_index, choose_spec
+from dualvec.kernel.bundle import BundleWriter, hubs_file, index_file, norms_file, vectors_file
+from dualvec.kernel.errors import ModelError
 from dualvec.indexer.normalize import normalize_rows
 from dualvec.indexer.source_model import SourceModel
 from dualvec.indexer.tuning import (QuerySample, TuningConfig, draw_ids, exact_truth, find_hubs,
                                     frequency_weights, tune_pair)
-from dualvec.spaces import ALL_PAIRS, Space, pair_name
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
+from dualvec.kernel.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

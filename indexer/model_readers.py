@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dualvec.bundle import sha256_of
-from dualvec.errors import ModelError
+from dualvec.kernel.bundle import sha256_of
+from dualvec.kernel.errors import ModelError
 from dualvec.indexer.source_model import SourceModel
 from dualvec.indexer.word2vec_format import read_word2vec
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualvec.errors import ModelError
+from dualvec.kernel.errors import ModelError
 
 
 def normalize_rows(rows: np.ndarray, words: list[str], space: str, *, chunk: int = 65_536,

@@ -14,7 +14,7 @@ class SourceModel:
     counts: (n,) int64 corpus counts (zeros when the source has none).
     in_vectors: (n, d) float32 IN rows. out_vectors: (n, d) float32 OUT rows, or None for an IN-only source.
     source: where it came from ({"kind", "path", "sha256", ...}), recorded in the manifest.
-    tokenizer: how the model's corpus was tokenized (dualvec.tokenizer spec), when known.
+    tokenizer: how the model's corpus was tokenized (dualvec.kernel.tokenizer spec), when known.
     docfreq: (number of documents, token -> document frequency) of the training corpus, when recorded.
     """
 

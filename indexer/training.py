@@ -18,10 +18,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dualvec.bundle import sha256_of
-from dualvec.errors import ModelError
+from dualvec.kernel.bundle import sha256_of
+from dualvec.kernel.errors import ModelError
 from dualvec.indexer.model_readers import SIDECAR_SUFFIX
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

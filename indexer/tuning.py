@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import faiss
 import numpy as np
 
-from dualvec.ann import SearchParams, SpaceIndex
+from dualvec.kernel.ann import SearchParams, SpaceIndex
 
 log = logging.getLogger(__name__)
 

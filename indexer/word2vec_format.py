@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dualvec.errors import ModelError
+from dualvec.kernel.errors import ModelError
 
 _FLOAT = np.dtype("<f4")
 

@@ -20,13 +20,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dualvec.bundle import read_bundle
-from dualvec.errors import DualvecError
+from dualvec.kernel.bundle import read_bundle
+from dualvec.kernel.errors import DualvecError
 from dualvec.server.admission import AdmissionControl
-from dualvec.server.cpu_affinity import available_cpus, pin_process
-from dualvec.server.search import Limits, SearchEngine
+from dualvec.server.host.cpu_affinity import available_cpus, pin_process
+from dualvec.kernel.search import Limits, SearchEngine
 from dualvec.server.servicer import DualVecServicer
-from dualvec.server.worker_processes import resolve_processes, serve_in_processes
+from dualvec.server.host.worker_processes import resolve_processes, serve_in_processes
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
@@ -51,9 +51,9 @@ class ServerConfig:
     faiss_threads: int = 1     # per search call: one query with many OpenMP threads is slower than with one
     batch_size: int = 64       # concurrent Search calls answered by one FAISS call (1 = no batching)
     concurrent_batches: int = 2  # FAISS calls running at once (one per core)
-    prefault: bool = True      # map every page of the vectors at load (dualvec.bundle.prefault_pages)
-    cpus: str = "auto"         # CPUs `dualvec serve` runs on (dualvec.server.cpu_affinity)
-    processes: int = 0         # server processes on the port, one CPU each; 0 = auto (dualvec.server.worker_processes)
+    prefault: bool = True      # map every page of the vectors at load (dualvec.kernel.bundle.prefault_pages)
+    cpus: str = "auto"         # CPUs `dualvec serve` runs on (dualvec.server.host.cpu_affinity)
+    processes: int = 0         # server processes on the port, one CPU each; 0 = auto (dualvec.server.host.worker_processes)
 
 
 @dataclass

@@ -9,14 +9,14 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
-from dualvec.bundle import space_bytes
-from dualvec.errors import DeadlineExpired, DualvecError, InvalidArgument, UnknownModel
+from dualvec.kernel.bundle import space_bytes
+from dualvec.kernel.errors import DeadlineExpired, DualvecError, InvalidArgument, UnknownModel
 from dualvec.server.batching import Batcher
-from dualvec.server.desm import DesmLimits, DocumentInput, score_documents
-from dualvec.server.search import SearchEngine, SearchQuery
+from dualvec.kernel.desm import DesmLimits, DocumentInput, score_documents
+from dualvec.kernel.search import SearchEngine, SearchQuery
 from dualvec.server.status_codes import status_for
-from dualvec.spaces import ALL_PAIRS, Space, pair_name
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
+from dualvec.kernel.tokenizer import Tokenizer
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 

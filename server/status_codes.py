@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import grpc
 
-from dualvec.errors import (BundleError, DeadlineExpired, DualvecError, InvalidArgument, ModelError, Overloaded,
+from dualvec.kernel.errors import (BundleError, DeadlineExpired, DualvecError, InvalidArgument, ModelError, Overloaded,
                             SpaceUnavailable, UnknownModel, UnknownWords)
 
 STATUS_OF: dict[type[DualvecError], grpc.StatusCode] = {

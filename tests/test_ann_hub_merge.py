@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dualvec.ann import SpaceIndex
+from dualvec.kernel.ann import SpaceIndex
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -3,14 +3,11 @@ asked in turn, word by word, with the bare reference call in every round; the la
 floor this machine sets for a served call, from the same run."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import bench_measure  # noqa: E402
-import bench_report  # noqa: E402
+import dualvec.bench.measure as bench_measure
+import dualvec.bench.report as bench_report
 
 
 def test_pairs_are_interleaved_word_by_word_with_the_reference_call_each_round():

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualvec.bundle import FORMAT_NAME, read_bundle, read_manifest
-from dualvec.info import bundle_summary
-from dualvec.spaces import ALL_PAIRS, Space, pair_name
+from dualvec.kernel.bundle import FORMAT_NAME, read_bundle, read_manifest
+from dualvec.cli.info import bundle_summary
+from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bundle_v1"
 KINDS = {"flat": None, "ivf": "IVF16,Flat", "hnsw": "HNSW32,Flat"}

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualvec.bundle import BundleWriter, prefault_pages, read_bundle, read_manifest
-from dualvec.errors import BundleError
+from dualvec.kernel.bundle import BundleWriter, prefault_pages, read_bundle, read_manifest
+from dualvec.kernel.errors import BundleError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bundle_v1"
 

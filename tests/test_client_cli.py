@@ -16,9 +16,9 @@ import pytest
 
 from dualvec import Client
 from dualvec.client import ClientError
-from dualvec.results import Neighbor, WordVector
+from dualvec.kernel.results import Neighbor, WordVector
 from dualvec.server.app import ServerConfig, load_engines, start_server
-from dualvec.spaces import ALL_PAIRS, Space
+from dualvec.kernel.spaces import ALL_PAIRS, Space
 
 from test_search_core import PAIR_IDS, assert_neighbors, assert_same_ranking, reference_of
 

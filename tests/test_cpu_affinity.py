@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from dualvec.errors import DualvecError
-from dualvec.server.cpu_affinity import format_cpus, parse_cpus
+from dualvec.kernel.errors import DualvecError
+from dualvec.server.host.cpu_affinity import format_cpus, parse_cpus
 
 from test_server_process import DUALVEC, GRACE, ServeProcess
 

@@ -1,4 +1,4 @@
-"""DESM scoring (dualvec.server.desm) against an independent numpy DESM computed from the gensim model itself."""
+"""DESM scoring (dualvec.kernel.desm) against an independent numpy DESM computed from the gensim model itself."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,12 +10,12 @@ import pytest
 from gensim.models import Word2Vec
 from gensim.test.utils import datapath
 
-from dualvec.bundle import read_bundle
-from dualvec.errors import InvalidArgument, SpaceUnavailable, UnknownWords
-from dualvec.server import bm25 as bm25_module
-from dualvec.server.desm import DesmLimits, DocumentInput, score_documents
-from dualvec.spaces import Space
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.bundle import read_bundle
+from dualvec.kernel.errors import InvalidArgument, SpaceUnavailable, UnknownWords
+from dualvec.kernel import bm25 as bm25_module
+from dualvec.kernel.desm import DesmLimits, DocumentInput, score_documents
+from dualvec.kernel.spaces import Space
+from dualvec.kernel.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

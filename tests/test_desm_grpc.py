@@ -9,11 +9,11 @@ import grpc
 import numpy as np
 import pytest
 
-from dualvec.bundle import read_bundle
+from dualvec.kernel.bundle import read_bundle
 from dualvec.client import Client, ClientError
 from dualvec.server.app import ServerConfig, load_engines, start_server
-from dualvec.spaces import Space
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.spaces import Space
+from dualvec.kernel.tokenizer import Tokenizer
 
 DOCS = [
     {"id": "fire", "text": "Firefighters battled a bushfire that destroyed homes near the town as winds rose."},

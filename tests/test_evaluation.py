@@ -10,10 +10,10 @@ import pytest
 from gensim.models import Word2Vec
 from gensim.test.utils import datapath
 
-from dualvec.bundle import read_bundle
-from dualvec.cli import main
+from dualvec.kernel.bundle import read_bundle
+from dualvec.cli.main import main
 from dualvec.evaluation import EvaluateConfig, analogies, casefold_index, word_similarity
-from dualvec.spaces import Space
+from dualvec.kernel.spaces import Space
 
 
 @pytest.fixture(scope="module")

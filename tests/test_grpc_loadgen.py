@@ -12,8 +12,7 @@ import pytest
 
 from dualvec.v1 import dualvec_pb2 as pb
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import bench_load  # noqa: E402
+import dualvec.bench.load as bench_load
 
 
 def read_requests(path: Path) -> list[bytes]:
@@ -138,7 +137,7 @@ def _throughput(go_qps: float | None) -> dict:
 
 
 def test_report_judges_throughput_by_the_go_load_generator_and_shows_both():
-    import bench_report
+    import dualvec.bench.report as bench_report
 
     r = {"throughput": _throughput(2600.0)}
     row = next(x for x in bench_report.judge_targets(r) if x["target"].startswith("gRPC throughput"))

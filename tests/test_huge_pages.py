@@ -1,4 +1,4 @@
-"""dualvec.huge_pages: which buffers of a loaded index are moved to huge pages, and that moving them changes no
+"""dualvec.server.host.huge_pages: which buffers of a loaded index are moved to huge pages, and that moving them changes no
 answer. Where the kernel allows THP collapse (Linux 6.1+, THP not 'never'), the process then holds huge pages."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
-from dualvec.huge_pages import HUGE_PAGE, index_buffers, use_huge_pages
+from dualvec.server.host.huge_pages import HUGE_PAGE, index_buffers, use_huge_pages
 
 
 def _thp_collapse_possible() -> bool:

@@ -12,17 +12,17 @@ import pytest
 from gensim.models import Word2Vec
 
 import dualvec.indexer.build as build_module
-from dualvec.ann import (AUTO_EXACT_MAX_ROWS, HNSW_EF_CONSTRUCTION, SearchParams, SpaceIndex, build_index, choose_spec,
+from dualvec.kernel.ann import (AUTO_EXACT_MAX_ROWS, HNSW_EF_CONSTRUCTION, SearchParams, SpaceIndex, build_index, choose_spec,
                          graph_insertion_step)
-from dualvec.bundle import read_bundle, read_manifest
-from dualvec.errors import BundleError, ModelError
+from dualvec.kernel.bundle import read_bundle, read_manifest
+from dualvec.kernel.errors import BundleError, ModelError
 from dualvec.indexer.build import BuildConfig, build_bundle
 from dualvec.indexer.model_readers import read_model
 from dualvec.indexer.source_model import SourceModel
 from dualvec.indexer.tuning import TuningConfig
-from dualvec.info import bundle_summary
-from dualvec.server.search import SearchEngine, SearchQuery
-from dualvec.spaces import ALL_PAIRS, Space, pair_name
+from dualvec.cli.info import bundle_summary
+from dualvec.kernel.search import SearchEngine, SearchQuery
+from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
 
 K = 10
 TIE_EPS = 1e-4

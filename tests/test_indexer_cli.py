@@ -21,7 +21,7 @@ from gensim.models.fasttext import save_facebook_model
 from dualvec.indexer.build import BuildConfig, build_bundle
 from dualvec.indexer.model_readers import read_model
 from dualvec.indexer.word2vec_format import write_word2vec
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.tokenizer import Tokenizer
 
 # the console script of this interpreter's environment (python -m dualvec where it is not installed as a script)
 _SCRIPT = Path(sys.executable).with_name("dualvec")
@@ -151,7 +151,7 @@ def test_debug_shows_the_traceback(inputs, tmp_path, case):
     args, needles = REFUSALS[case]
     result = dualvec("build", "--debug", *_expand(args, inputs, tmp_path), "-o", tmp_path / "b")
     assert result.returncode != 0
-    assert "Traceback (most recent call last)" in result.stderr and "dualvec.errors.ModelError" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr and "dualvec.kernel.errors.ModelError" in result.stderr
     assert needles[0] in result.stderr
     nothing_at(tmp_path / "b")
 

@@ -13,13 +13,13 @@ import pytest
 from gensim.models import FastText, KeyedVectors, Word2Vec
 from gensim.models.fasttext import load_facebook_model, save_facebook_model
 
-from dualvec.bundle import read_bundle
-from dualvec.errors import ModelError
+from dualvec.kernel.bundle import read_bundle
+from dualvec.kernel.errors import ModelError
 from dualvec.indexer.build import BuildConfig, build_bundle
 from dualvec.indexer.model_readers import is_fasttext_bin, read_model, read_vector_pair
 from dualvec.indexer.word2vec_format import detect_binary, read_word2vec, write_word2vec
-from dualvec.spaces import Space
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.spaces import Space
+from dualvec.kernel.tokenizer import Tokenizer
 
 GENSIM_DATA = Path(gensim.__file__).parent / "test" / "test_data"
 DIM = 16

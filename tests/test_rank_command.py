@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from gensim.test.utils import datapath
 
-from dualvec.bundle import read_bundle
-from dualvec.cli import main
-from dualvec.server.desm import DocumentInput, score_documents
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.bundle import read_bundle
+from dualvec.cli.main import main
+from dualvec.kernel.desm import DocumentInput, score_documents
+from dualvec.kernel.tokenizer import Tokenizer
 
 QUERY = "Australian Democrats senator leadership"
 

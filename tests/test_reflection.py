@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from dualvec.server.app import ServerConfig, load_engines, start_server
-from dualvec.spaces import ALL_PAIRS, Space
+from dualvec.kernel.spaces import ALL_PAIRS, Space
 
 from test_search_core import ANALOGIES, PAIR_IDS, assert_neighbors, assert_same_ranking, reference_of
 

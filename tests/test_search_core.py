@@ -1,4 +1,4 @@
-"""The search core (dualvec.server.search) on its own, no gRPC: exact answers equal a numpy brute force computed
+"""The search core (dualvec.kernel.search) on its own, no gRPC: exact answers equal a numpy brute force computed
 from the gensim model itself on all four space pairs, gensim `most_similar` semantics (query words left out,
 restrict_vocab, negative words, vectors), and the IVF bundle's tuned search against exact and against gensim.
 
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from gensim.models import Word2Vec
 
-from dualvec.bundle import read_bundle
-from dualvec.errors import InvalidArgument, SpaceUnavailable, UnknownWords
+from dualvec.kernel.bundle import read_bundle
+from dualvec.kernel.errors import InvalidArgument, SpaceUnavailable, UnknownWords
 from dualvec.indexer.build import BuildConfig, build_bundle
 from dualvec.indexer.model_readers import read_model
-from dualvec.server.search import Limits, SearchEngine, SearchQuery
-from dualvec.spaces import ALL_PAIRS, Space, pair_name
+from dualvec.kernel.search import Limits, SearchEngine, SearchQuery
+from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
 
 TOL = 1e-5
 PAIR_IDS = [pair_name(q, t) for q, t in ALL_PAIRS]

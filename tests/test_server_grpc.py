@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dualvec.indexer.build import BuildConfig, build_bundle
 from dualvec.indexer.model_readers import read_model
 from dualvec.server.app import ServerConfig, load_engines, start_server
-from dualvec.spaces import ALL_PAIRS, Space
+from dualvec.kernel.spaces import ALL_PAIRS, Space
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 

@@ -17,10 +17,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dualvec.bundle import read_bundle
+from dualvec.kernel.bundle import read_bundle
 from dualvec.server.app import ServerConfig, load_engines, start_server
-from dualvec.server.search import SearchEngine, SearchQuery
-from dualvec.spaces import ALL_PAIRS, Space
+from dualvec.kernel.search import SearchEngine, SearchQuery
+from dualvec.kernel.spaces import ALL_PAIRS, Space
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 

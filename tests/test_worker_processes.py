@@ -13,11 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dualvec.bundle import read_bundle
-from dualvec.server.search import SearchEngine, SearchQuery
-from dualvec.errors import DualvecError
-from dualvec.server.worker_processes import child_cpus, resolve_processes
-from dualvec.spaces import ALL_PAIRS
+from dualvec.kernel.bundle import read_bundle
+from dualvec.kernel.search import SearchEngine, SearchQuery
+from dualvec.kernel.errors import DualvecError
+from dualvec.server.host.worker_processes import child_cpus, resolve_processes
+from dualvec.kernel.spaces import ALL_PAIRS
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 

@@ -63,13 +63,13 @@ def _table(left_title: str, left, right_title: str, right) -> str:
 
 
 def run_demo(workdir: str | None = None, keep: bool = False, quiet: bool = False) -> int:
-    from dualvec.bundle import read_bundle
+    from dualvec.kernel.bundle import read_bundle
     from dualvec.client import Client, ClientError
     from dualvec.indexer.build import BuildConfig, build_bundle
     from dualvec.indexer.model_readers import read_model
     from dualvec.indexer.training import TrainConfig, train
     from dualvec.indexer.tuning import TuningConfig
-    from dualvec.info import bundle_summary, format_summary
+    from dualvec.cli.info import bundle_summary, format_summary
     from dualvec.server.app import ServerConfig, load_engines, start_server
 
     started = time.perf_counter()

@@ -219,8 +219,8 @@ def words_from_file(path: str) -> RankedWords:
 
 
 def words_from_bundle(path: str) -> RankedWords:
-    from dualvec.bundle import VOCAB, read_manifest, read_vocab
-    from dualvec.errors import DualvecError
+    from dualvec.kernel.bundle import VOCAB, read_manifest, read_vocab
+    from dualvec.kernel.errors import DualvecError
 
     try:
         read_manifest(path)

@@ -10,7 +10,7 @@ rows, accumulated in float64: memory grows with the number of distinct words, no
 the only work per token is two dict lookups (vocabulary row, BM25 query term) driven from C by ``map``.
 
 DESM IN-OUT (query IN, documents OUT, the default) scores *aboutness*; DESM IN-IN scores *typical* similarity.
-With ``bm25_weight`` w the score is ``(1 - w) * DESM + w * BM25 / max BM25`` (see dualvec.server.bm25: BM25 is
+With ``bm25_weight`` w the score is ``(1 - w) * DESM + w * BM25 / max BM25`` (see dualvec.kernel.bm25: BM25 is
 divided by the best BM25 among the documents of the same call, so that both parts lie on comparable scales).
 
 This module knows nothing of gRPC: the servicer turns requests into these types and back.
@@ -26,10 +26,10 @@ from itertools import chain, repeat
 import numpy as np
 import scipy.sparse
 
-from dualvec.errors import InvalidArgument, SpaceUnavailable, UnknownWords
-from dualvec.results import DocumentScore
-from dualvec.server.bm25 import bm25_scores, normalize_by_max
-from dualvec.spaces import Space
+from dualvec.kernel.errors import InvalidArgument, SpaceUnavailable, UnknownWords
+from dualvec.kernel.results import DocumentScore
+from dualvec.kernel.bm25 import bm25_scores, normalize_by_max
+from dualvec.kernel.spaces import Space
 
 # distinct words whose rows are gathered (as float64) at once while summing centroids: 32k x 300 x 8 B = 79 MB
 _CENTROID_CHUNK = 32_768
@@ -61,7 +61,7 @@ def score_documents(bundle, query_tokens: Sequence[str], documents: Sequence[Doc
                     limits: DesmLimits = DesmLimits()) -> tuple[list[DocumentScoreResult], str]:
     """Score documents for a query with DESM (and BM25 mixed in by ``bm25_weight``).
 
-    bundle: a dualvec.bundle.Bundle. query_tokens: the query's tokens. documents: the documents, any number up to
+    bundle: a dualvec.kernel.bundle.Bundle. query_tokens: the query's tokens. documents: the documents, any number up to
     ``limits.max_documents`` (none gives an empty list).
     Returns (one DocumentScoreResult per document, in request order; "corpus" or "request": where the BM25
     document frequencies came from: the bundle's training corpus when it recorded them, else these documents).

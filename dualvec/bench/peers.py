@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from dualvec.ann import SearchParams
-from dualvec.bundle import Bundle
-from dualvec.spaces import Space, parse_pair
+from dualvec.kernel.ann import SearchParams
+from dualvec.kernel.bundle import Bundle
+from dualvec.kernel.spaces import Space, parse_pair
 
 log = logging.getLogger("bench")
 
@@ -60,7 +60,7 @@ class DualvecEngine(Adapter):
     name = "dualvec (in-process)"
 
     def __init__(self, bundle: Bundle, limit: int = 0):
-        from dualvec.server.search import SearchEngine, SearchQuery
+        from dualvec.kernel.search import SearchEngine, SearchQuery
 
         self.engine = SearchEngine(bundle)
         self.words = bundle.vocab.words

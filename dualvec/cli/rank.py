@@ -3,7 +3,7 @@ and BM25 side by side.
 
 Documents come from a JSON-lines file (``.jsonl`` / ``.ndjson``: one object a line with ``id`` and ``text`` or
 ``tokens``) or from any other text file (one document a line, its id the line number). With ``--bundle`` they are
-scored here (dualvec.server.desm, the function the server answers ScoreDocuments with); otherwise by the server at
+scored here (dualvec.kernel.desm, the function the server answers ScoreDocuments with); otherwise by the server at
 ``--addr`` through dualvec.client.
 
 Ranking is by the chosen DESM variant (``--space``, mixed with BM25 by ``--bm25-weight``). A document none of whose
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dualvec.errors import DualvecError, SpaceUnavailable
+from dualvec.kernel.errors import DualvecError, SpaceUnavailable
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 VARIANTS = (("in-out", "out"), ("in-in", "in"))   # (name, document space); the query space is IN
@@ -127,12 +127,12 @@ def read_documents(path: str) -> list[Document]:
 # --------------------------------------------------------------------------------------------------------- scoring
 
 def score_locally(cfg: RankConfig, documents: Sequence[Document]):
-    """Score with dualvec.server.desm on a bundle read here. Returns ({variant: results or None}, BM25 document
+    """Score with dualvec.kernel.desm on a bundle read here. Returns ({variant: results or None}, BM25 document
     frequency source, query tokens)."""
-    from dualvec.bundle import read_bundle
-    from dualvec.server.desm import DesmLimits, DocumentInput, score_documents
-    from dualvec.spaces import Space
-    from dualvec.tokenizer import Tokenizer
+    from dualvec.kernel.bundle import read_bundle
+    from dualvec.kernel.desm import DesmLimits, DocumentInput, score_documents
+    from dualvec.kernel.spaces import Space
+    from dualvec.kernel.tokenizer import Tokenizer
 
     bundle = read_bundle(cfg.bundle)
     tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))

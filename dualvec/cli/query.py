@@ -5,7 +5,7 @@ import argparse
 import json
 
 from dualvec.client import Client
-from dualvec.results import Neighbor
+from dualvec.kernel.results import Neighbor
 
 
 def split_words(words: list[str]) -> tuple[list[str], list[str]]:

@@ -24,8 +24,8 @@ import threading
 import time
 from dataclasses import replace
 
-from dualvec.errors import DualvecError
-from dualvec.server.cpu_affinity import AUTO_PIN_MAX_CPUS, available_cpus, format_cpus, parse_cpus
+from dualvec.kernel.errors import DualvecError
+from dualvec.server.host.cpu_affinity import AUTO_PIN_MAX_CPUS, available_cpus, format_cpus, parse_cpus
 
 log = logging.getLogger("dualvec.server")
 

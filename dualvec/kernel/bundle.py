@@ -8,7 +8,7 @@ A bundle is a directory::
     in.norms.npy           (n,) float32 norms of the model's IN rows
     in.index.faiss         the IN space's FAISS index (absent for exact "flat" spaces)
     out.*                  the same for OUT (absent in an --in-only bundle)
-    hubs.<pair>.npy        (h,) int64 hub rows of a query pair, best first (see dualvec.ann)
+    hubs.<pair>.npy        (h,) int64 hub rows of a query pair, best first (see dualvec.kernel.ann)
     docfreq.tsv            optional: "token<TAB>document frequency" of the training corpus, for BM25
 
 The writer fills a hidden directory beside the target and renames it into place last: a failed or interrupted
@@ -31,10 +31,10 @@ import faiss
 import numpy as np
 
 from dualvec import __version__
-from dualvec.ann import IndexSpec, SearchParams, SpaceIndex
-from dualvec.errors import BundleError
-from dualvec.huge_pages import use_huge_pages
-from dualvec.spaces import Space, pair_name
+from dualvec.kernel.ann import IndexSpec, SearchParams, SpaceIndex
+from dualvec.kernel.errors import BundleError
+from dualvec.server.host.huge_pages import use_huge_pages
+from dualvec.kernel.spaces import Space, pair_name
 
 FORMAT_NAME = "dualvec-bundle"
 FORMAT_VERSION = 1
@@ -274,7 +274,7 @@ def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool =
     """Load a bundle. Vectors are memory-mapped (mmap=True); IVF and flat indexes are mapped too where FAISS
     can. prefault: ready the memory for serving now: every page of the vectors mapped into this process
     (``prefault_pages``) and an in-memory graph moved to huge pages where the kernel allows
-    (``dualvec.huge_pages``): what a server wants, a one-shot command does not. Raises BundleError naming what
+    (``dualvec.server.host.huge_pages``): what a server wants, a one-shot command does not. Raises BundleError naming what
     is wrong (missing, wrong version, damaged)."""
     path = Path(path).absolute()
     manifest = read_manifest(path)

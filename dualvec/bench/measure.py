@@ -24,10 +24,10 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from dualvec.ann import SearchParams, SpaceIndex
-from dualvec.bundle import Bundle
+from dualvec.kernel.ann import SearchParams, SpaceIndex
+from dualvec.kernel.bundle import Bundle
 from dualvec.indexer.tuning import TIE_EPS, draw_ids, drop_query_ids, frequency_weights
-from dualvec.spaces import Space, parse_pair
+from dualvec.kernel.spaces import Space, parse_pair
 
 log = logging.getLogger("bench")
 

@@ -1,8 +1,8 @@
 """dualvec: serve both embedding spaces (IN and OUT) of a word2vec model.
 
 Import map (see README.md, "Layout"):
-    dualvec.bundle      the bundle format: the one reader and writer
-    dualvec.ann         index kinds and how a space is searched with tuned parameters
+    dualvec.kernel.bundle      the bundle format: the one reader and writer
+    dualvec.kernel.ann         index kinds and how a space is searched with tuned parameters
     dualvec.indexer     reading models, normalizing, building and tuning indexes
     dualvec.server      the search core, DESM, and the gRPC servicer
     dualvec.client      a typed Python client (``dualvec.Client``)

@@ -10,14 +10,14 @@ the same machine), one CPU for the server gave lower latency *and* more throughp
 
 ``auto`` applies that where it was measured, on machines that give this process two CPUs or fewer, and leaves
 placement to the operating system on bigger ones (not measured there). With several server processes
-(``--processes``), each is pinned to one CPU of the set instead (``dualvec.server.worker_processes``).
+(``--processes``), each is pinned to one CPU of the set instead (``dualvec.server.host.worker_processes``).
 """
 from __future__ import annotations
 
 import logging
 import os
 
-from dualvec.errors import DualvecError
+from dualvec.kernel.errors import DualvecError
 
 log = logging.getLogger("dualvec.server")
 

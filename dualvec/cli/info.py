@@ -1,8 +1,8 @@
 """What `dualvec info` and GetInfo report about a bundle."""
 from __future__ import annotations
 
-from dualvec.bundle import Bundle, bundle_size, space_bytes
-from dualvec.spaces import ALL_PAIRS, pair_name
+from dualvec.kernel.bundle import Bundle, bundle_size, space_bytes
+from dualvec.kernel.spaces import ALL_PAIRS, pair_name
 
 
 def bundle_summary(bundle: Bundle) -> dict:

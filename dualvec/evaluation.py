@@ -32,10 +32,10 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from dualvec.bundle import Bundle, read_bundle
-from dualvec.errors import DualvecError, UnknownWords
-from dualvec.spaces import ALL_PAIRS, Space, pair_name
-from dualvec.tokenizer import Tokenizer
+from dualvec.kernel.bundle import Bundle, read_bundle
+from dualvec.kernel.errors import DualvecError, UnknownWords
+from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
+from dualvec.kernel.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +286,8 @@ def read_lee(documents: Path, judgments: Path) -> tuple[list[str], np.ndarray]:
 
 def document_similarity(bundle: Bundle, documents: Path, judgments: Path) -> dict:
     """Pearson and Spearman correlation of symmetric DESM IN-OUT, DESM IN-IN and BM25 with the Lee judgments."""
-    from dualvec.server.bm25 import bm25_scores
-    from dualvec.server.desm import DesmLimits, DocumentInput, score_documents
+    from dualvec.kernel.bm25 import bm25_scores
+    from dualvec.kernel.desm import DesmLimits, DocumentInput, score_documents
 
     texts, gold = read_lee(documents, judgments)
     tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))

@@ -1,6 +1,6 @@
 """The search core: gensim ``most_similar`` semantics across the four space pairs, in plain Python + FAISS.
 
-Knows nothing of gRPC. Validates every query (raising dualvec.errors exceptions that name the field, the word
+Knows nothing of gRPC. Validates every query (raising dualvec.kernel.errors exceptions that name the field, the word
 or the limit), turns words into one normalized query vector, searches the target space's index with the pair's
 tuned parameters (or exactly), and leaves the query words out of the results unless asked.
 """
@@ -12,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from dualvec.bundle import Bundle
-from dualvec.errors import InvalidArgument, SpaceUnavailable, UnknownWords
-from dualvec.results import Neighbor, WordVector
-from dualvec.spaces import Space, pair_name
+from dualvec.kernel.bundle import Bundle
+from dualvec.kernel.errors import InvalidArgument, SpaceUnavailable, UnknownWords
+from dualvec.kernel.results import Neighbor, WordVector
+from dualvec.kernel.spaces import Space, pair_name
 
 
 @dataclass(frozen=True)

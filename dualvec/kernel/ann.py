@@ -19,7 +19,7 @@ from operator import itemgetter
 import faiss
 import numpy as np
 
-from dualvec.errors import ModelError
+from dualvec.kernel.errors import ModelError
 
 # Below this many rows `auto` searches exactly: a full scan is then about as fast as an index.
 AUTO_EXACT_MAX_ROWS = 20_000

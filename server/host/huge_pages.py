@@ -18,7 +18,7 @@ import sys
 
 import faiss
 
-log = logging.getLogger("dualvec.huge_pages")
+log = logging.getLogger("dualvec.server.host.huge_pages")
 
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25

@@ -15,8 +15,8 @@ from typing import Iterable, Sequence
 
 import grpc
 
-from dualvec.errors import DualvecError
-from dualvec.results import DocumentScore, Neighbor, WordVector
+from dualvec.kernel.errors import DualvecError
+from dualvec.kernel.results import DocumentScore, Neighbor, WordVector
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 

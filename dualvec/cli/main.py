@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from dualvec import __version__
-from dualvec.errors import DualvecError
+from dualvec.kernel.errors import DualvecError
 
 log = logging.getLogger("dualvec")
 
@@ -62,8 +62,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from dualvec.bundle import read_bundle
-    from dualvec.info import bundle_summary, format_summary
+    from dualvec.kernel.bundle import read_bundle
+    from dualvec.cli.info import bundle_summary, format_summary
 
     bundle = read_bundle(args.bundle, checksums=not args.skip_checksums)
     summary = bundle_summary(bundle)
@@ -83,19 +83,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from dualvec.query_command import run_query
+    from dualvec.cli.query import run_query
 
     return run_query(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dualvec.demo import run_demo
+    from dualvec.cli.demo import run_demo
 
     return run_demo(workdir=args.workdir, keep=args.keep, quiet=args.quiet)
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from dualvec.rank_command import run_rank
+    from dualvec.cli.rank import run_rank
 
     return run_rank(args)
 

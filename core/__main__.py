@@ -1,5 +1,0 @@
-import sys
-
-from dualvec.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from dualvec.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Per-pair ANN recall profile of a two-space model, to compare a synthetic model with a real one (DESIGN.md 1).
+
+For each space (IN, OUT; rows L2-normalized, inner product) builds one FAISS index (default HNSW32,
+efConstruction 40; or --index IVF4096,Flat) and measures recall@10 against exact search for the four pairs
+IN->IN, IN->OUT, OUT->IN, OUT->OUT at several efSearch (or nprobe) values. Queries: --queries words drawn
+uniformly from the vocabulary, and as many drawn by word frequency. The query word is left out of both lists; a
+returned word is a hit when its exact cosine >= the 10th best exact cosine - 1e-4 (ann-benchmarks' rule).
+Also prints hub statistics: distinct words in the exact top-10 lists and the mean exact top-10 cosine, and the
+median single-query time (one thread) at each setting.
+
+HNSW insertion order (--insertion): "vocab" adds the rows in vocabulary order (most frequent first) in the small
+calls dualvec's build makes (dualvec.kernel.ann.graph_insertion_step); "shuffled" adds them in one call, which FAISS
+shuffles within each level. Compare both on one model to see what the order does to cross-space recall.
+
+MODEL_DIR holds model.model (gensim full model) or in.bin + out.bin; a model file may be given directly.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PAIRS = [("IN", "IN"), ("IN", "OUT"), ("OUT", "IN"), ("OUT", "OUT")]
+
+
+def load(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
+    if path.is_dir():
+        if (path / "model.model").exists():
+            path = path / "model.model"
+        else:
+            from dualvec.indexer.word2vec_format import read_word2vec
+            w, a = read_word2vec(path / "in.bin")
+            w2, b = read_word2vec(path / "out.bin")
+            assert w == w2, "in.bin and out.bin differ in their words"
+            return w, a, b, None
+    from gensim.models import Word2Vec
+    m = Word2Vec.load(str(path))
+    words = list(m.wv.index_to_key)
+    counts = np.array([m.wv.get_vecattr(w, "count") for w in words], dtype=np.float64)
+    return words, m.wv.vectors, m.syn1neg, counts
+
+
+def normalize(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    n = np.linalg.norm(a, axis=1, keepdims=True)
+    return a / np.maximum(n, 1e-12)
+
+
+def exact_topk(q: np.ndarray, x: np.ndarray, qids: np.ndarray, k: int, chunk: int = 64):
+    """Exact top-k ids and the k-th best cosine per query, query word excluded."""
+    ids = np.empty((len(q), k), dtype=np.int64)
+    sc = np.empty((len(q), k), dtype=np.float32)
+    for s in range(0, len(q), chunk):
+        S = q[s:s + chunk] @ x.T
+        S[np.arange(len(S)), qids[s:s + chunk]] = -np.inf
+        part = np.argpartition(-S, k, axis=1)[:, :k]
+        ps = np.take_along_axis(S, part, 1)
+        o = np.argsort(-ps, axis=1)
+        ids[s:s + chunk] = np.take_along_axis(part, o, 1)
+        sc[s:s + chunk] = np.take_along_axis(ps, o, 1)
+    return ids, sc
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="MODEL_DIR (model.model, or in.bin + out.bin) or a gensim model file")
+    ap.add_argument("--index", default="HNSW32", help="HNSW32 (default) or a FAISS IVF factory string")
+    ap.add_argument("--ef-construction", type=int, default=40)
+    ap.add_argument("--ef", default="", help="efSearch / nprobe values, comma separated (default: 32,64,128 "
+                    "below 200k words, 64,256,1024 above; IVF: 16,64,256)")
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--insertion", choices=("vocab", "shuffled"), default="vocab",
+                    help="HNSW insertion order (default vocab: dualvec's build)")
+    args = ap.parse_args(argv)
+
+    import faiss
+    faiss.omp_set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    words, vin, vout, counts = load(Path(args.model))
+    n, d = vin.shape
+    X = {"IN": normalize(vin), "OUT": normalize(vout)}
+    del vin, vout
+    print(f"{args.model}: {n:,} words x {d} dims (loaded in {time.perf_counter() - t0:.0f}s)", flush=True)
+    ivf = args.index.upper().startswith("IVF")
+    if args.ef:
+        efs = [int(v) for v in args.ef.split(",")]
+    else:
+        efs = [16, 64, 256] if ivf else ([32, 64, 128] if n < 200_000 else [64, 256, 1024])
+
+    rng = np.random.default_rng(args.seed)
+    qsets = {"uniform": rng.choice(n, size=min(args.queries, n), replace=False)}
+    if counts is not None:
+        qsets["by-frequency"] = rng.choice(n, size=args.queries, replace=True, p=counts / counts.sum())
+    else:
+        print("(no counts in in.bin/out.bin: by-frequency queries skipped)")
+
+    k = args.k
+    indexes = {}
+    for sp in ("IN", "OUT"):
+        t = time.perf_counter()
+        if ivf:
+            index = faiss.index_factory(d, args.index, faiss.METRIC_INNER_PRODUCT)
+            train = X[sp][rng.choice(n, size=min(n, 100_000 if n > 100_000 else n), replace=False)]
+            index.train(train)
+        else:
+            m = int(args.index.upper().replace("HNSW", "") or 32)
+            index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = args.ef_construction
+        if ivf or args.insertion == "shuffled":
+            index.add(X[sp])
+        else:
+            from dualvec.kernel.ann import graph_insertion_step
+            start = 0
+            while start < n:
+                step = graph_insertion_step(start)
+                index.add(X[sp][start:start + step])
+                start += step
+        indexes[sp] = index
+        print(f"built {args.index} on {sp} in {time.perf_counter() - t:.0f}s", flush=True)
+
+    results = {}
+    micros = {}
+    hubs = {}
+    for qname, qids in qsets.items():
+        for src, dst in PAIRS:
+            Q = X[src][qids]
+            gt_ids, gt_sc = exact_topk(Q, X[dst], qids, k)
+            thr = gt_sc[:, k - 1] - 1e-4
+            hubs[(qname, src, dst)] = (len(np.unique(gt_ids)), float(gt_sc.mean()))
+            for ef in efs:
+                idx = indexes[dst]
+                if ivf:
+                    faiss.extract_index_ivf(idx).nprobe = ef
+                else:
+                    idx.hnsw.efSearch = max(ef, k + 1)
+                _, I = idx.search(Q, k + 1)
+                faiss.omp_set_num_threads(1)
+                times = []
+                for row in Q[: min(len(Q), 200)]:
+                    started = time.perf_counter()
+                    idx.search(row[None, :], k + 1)
+                    times.append(time.perf_counter() - started)
+                faiss.omp_set_num_threads(args.threads)
+                micros[(qname, src, dst, ef)] = float(np.median(times) * 1e6)
+                hits = 0
+                for qi in range(len(qids)):
+                    got = [i for i in I[qi] if i >= 0 and i != qids[qi]][:k]
+                    if got:
+                        cos = X[dst][got] @ Q[qi]
+                        hits += int((cos >= thr[qi]).sum())
+                results[(qname, src, dst, ef)] = hits / (k * len(qids))
+
+    label = "nprobe" if ivf else "ef"
+    for qname in qsets:
+        order = "" if ivf else f", {args.insertion} insertion"
+        print(f"\nrecall@{k} (median single-query microseconds), {args.index}{order}, {len(qsets[qname])} "
+              f"queries drawn {qname}")
+        print("| pair | " + " | ".join(f"{label}={e}" for e in efs) + " | distinct in top-10 | mean top-10 cos |")
+        print("|---|" + "---|" * (len(efs) + 2))
+        for src, dst in PAIRS:
+            dist, mc = hubs[(qname, src, dst)]
+            print(f"| {src} -> {dst} | " + " | ".join(f"{results[(qname, src, dst, e)]:.3f} ({micros[(qname, src, dst, e)]:.0f})"
+                                                  for e in efs)
+                  + f" | {dist} / {k * len(qsets[qname])} | {mc:.3f} |")
+    print(f"\n(total {time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

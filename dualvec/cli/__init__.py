@@ -1,0 +1,1 @@
+"""The `dualvec` command: argument parsing and dispatch (main), one module per command."""
