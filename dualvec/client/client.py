@@ -19,8 +19,8 @@ from dualvec.kernel.errors import DualvecError
 from dualvec.kernel.results import DocumentScore, Neighbor, WordVector
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+from dualvec.wire import search_request, space_to_pb
 
-_SPACES = {"in": pb.IN, "out": pb.OUT}
 
 
 class ClientError(DualvecError):
@@ -38,29 +38,6 @@ class ScoreResult:
 
     scores: list[DocumentScore]
     bm25_document_frequencies: str
-
-
-def _space(name: str) -> int:
-    try:
-        return _SPACES[name.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown space {name!r}: expected 'in' or 'out'") from None
-
-
-def search_request(positive: Sequence[str] = (), negative: Sequence[str] = (), *, vector=None,
-                   query_space: str = "in", target_space: str = "in", k: int = 10,
-                   include_query_words: bool = False, restrict_vocab: int = 0, exact: bool = False,
-                   model: str = "") -> pb.SearchRequest:
-    """A SearchRequest from plain arguments (as Client.search takes them)."""
-    if isinstance(positive, str):
-        positive = [positive]
-    if isinstance(negative, str):
-        negative = [negative]
-    return pb.SearchRequest(positive=list(positive), negative=list(negative),
-                            vector=[] if vector is None else [float(x) for x in vector],
-                            query_space=_space(query_space), target_space=_space(target_space), k=k,
-                            include_query_words=include_query_words, restrict_vocab=restrict_vocab, exact=exact,
-                            model=model)
 
 
 class Client:
@@ -121,15 +98,15 @@ class Client:
     def get_vectors(self, words: Sequence[str], space: str = "in", *, raw: bool = False,
                     model: str | None = None) -> list[WordVector]:
         resp = self._invoke(self._stub.GetVectors, pb.GetVectorsRequest(
-            words=list(words), space=_space(space), raw=raw, model=self.model if model is None else model))
+            words=list(words), space=space_to_pb(space), raw=raw, model=self.model if model is None else model))
         return [WordVector(v.word, v.id, tuple(v.vector), tuple(v.raw_vector) if raw else None, v.norm, v.count)
                 for v in resp.vectors]
 
     def similarity(self, pairs: Sequence[tuple[tuple[str, str], tuple[str, str]]], *,
                    model: str | None = None) -> list[float]:
         """Cosines of ((word, space), (word, space)) pairs."""
-        req = pb.SimilarityRequest(pairs=[pb.WordPair(a=pb.SpacedWord(word=a[0], space=_space(a[1])),
-                                                      b=pb.SpacedWord(word=b[0], space=_space(b[1])))
+        req = pb.SimilarityRequest(pairs=[pb.WordPair(a=pb.SpacedWord(word=a[0], space=space_to_pb(a[1])),
+                                                      b=pb.SpacedWord(word=b[0], space=space_to_pb(b[1])))
                                           for a, b in pairs], model=self.model if model is None else model)
         return list(self._invoke(self._stub.Similarity, req).similarities)
 
@@ -140,7 +117,7 @@ class Client:
         docs = [pb.Document(id=str(d.get("id", i)), text=d.get("text", "") or "", tokens=list(d.get("tokens") or ()))
                 for i, d in enumerate(documents)]
         req = pb.ScoreDocumentsRequest(query=query, query_tokens=list(query_tokens or ()), documents=docs,
-                                       query_space=_space(query_space), document_space=_space(document_space),
+                                       query_space=space_to_pb(query_space), document_space=space_to_pb(document_space),
                                        bm25_weight=bm25_weight, model=self.model if model is None else model)
         resp = self._invoke(self._stub.ScoreDocuments, req)
         return ScoreResult([DocumentScore(s.id, s.score, s.desm, s.bm25, s.query_words_found,
