@@ -1,6 +1,7 @@
 """An independent load generator for a dualvec server: a locust scenario (locust is in the `bench` extra), used
 to cross-check `dualvec loadtest` and to check answers under load. It shares no code with dualvec.loadtest: it
-builds its requests with the generated protobuf classes and times each call itself.
+builds its requests with the generated protobuf classes (spaces converted by dualvec.wire) and times each call
+itself.
 
     locust -f scripts/locust_dualvec.py --headless -u 32 -r 32 -t 20s --host 127.0.0.1:50051 --only-summary
 
@@ -32,10 +33,13 @@ import numpy as np  # noqa: E402
 from gevent.lock import BoundedSemaphore  # noqa: E402
 from locust import User, constant, constant_throughput, events, task  # noqa: E402
 
+from dualvec.kernel.spaces import ALL_PAIRS, pair_name  # noqa: E402
 from dualvec.v1 import dualvec_pb2 as pb  # noqa: E402
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc  # noqa: E402
+from dualvec.wire import space_to_pb  # noqa: E402
 
-PAIRS = {"in-in": (pb.IN, pb.IN), "in-out": (pb.IN, pb.OUT), "out-in": (pb.OUT, pb.IN), "out-out": (pb.OUT, pb.OUT)}
+# name -> (query_space, target_space) enum values: in-in, in-out, out-in, out-out
+PAIRS = {pair_name(q, t): (space_to_pb(q), space_to_pb(t)) for q, t in ALL_PAIRS}
 N_WORDS = int(os.environ.get("DUALVEC_WORDS", "100"))
 USER_RATE = float(os.environ.get("DUALVEC_USER_RATE", "0"))
 

@@ -16,8 +16,11 @@ import grpc
 import numpy as np
 import pytest
 
-from dualvec.loadtest import (OPS, Histogram, LoadtestError, RankedWords, main, parse_mix, parse_sweep,
-                              same_answer)
+from dualvec.loadtest.cli import build_parser, main
+from dualvec.loadtest.errors import LoadtestError
+from dualvec.loadtest.histogram import Histogram
+from dualvec.loadtest.sweep import parse_sweep
+from dualvec.loadtest.workload import OPS, RankedWords, parse_mix, same_answer
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
@@ -193,6 +196,16 @@ def test_text_report_and_help(server, capsys):
                                capture_output=True, text=True, timeout=60)
     assert help_text.returncode == 0
     assert "--concurrency" in help_text.stdout and "--rate" in help_text.stdout
+
+
+def test_help_shows_no_doubled_percent_sign():
+    help_text = build_parser().format_help()
+    assert "0.1% resolution" in help_text
+    assert "%%" not in help_text
+    # the command as users call it: `dualvec loadtest --help` hands its options to the same parser
+    cli = subprocess.run([sys.executable, "-m", "dualvec", "loadtest", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert cli.returncode == 0 and "--concurrency" in cli.stdout and "%%" not in cli.stdout
 
 
 def test_unreachable_server_is_one_line_on_stderr_and_exit_1(capsys):
