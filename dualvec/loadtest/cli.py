@@ -240,6 +240,3 @@ def _report_sweep(sweep: dict, args, context: dict, rss: dict | None) -> int:
     failed = sum(s["calls"]["failed"] + s["calls"]["wrong_answers"] for s in sweep["steps"] if not s["saturated"])
     return EXIT_FAILED_CALLS if args.fail_on_errors and failed else EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())
