@@ -14,7 +14,7 @@
   IN-OUT, DESM IN-IN and BM25, each made symmetric (the mean of score(a, b) and score(b, a)), tokenized with the
   bundle's tokenizer. DESM is computed by the very function the server answers ScoreDocuments with.
 - recall@10 of each pair's index against exact search on 200 query words drawn uniformly from the vocabulary
-  (query word excluded, ann-benchmarks tie rule: dualvec.indexer.tuning), next to the recall the bundle recorded
+  (query word excluded, ann-benchmarks tie rule: dualvec.kernel.truth), next to the recall the bundle recorded
   when it was built.
 """
 from __future__ import annotations
@@ -331,7 +331,8 @@ def document_similarity(bundle: Bundle, documents: Path, judgments: Path) -> dic
 
 def ann_recall(bundle: Bundle, cfg: EvaluateConfig) -> dict:
     """recall@k of each pair's index (its tuned parameters) against exact search, next to the recorded recall."""
-    from dualvec.indexer.tuning import QuerySample, ann_search, draw_ids, exact_truth, recall
+    from dualvec.kernel.ann import search_sample
+    from dualvec.kernel.truth import QuerySample, draw_ids, exact_truth, recall
 
     out = {}
     for position, (query_space, target_space) in enumerate(ALL_PAIRS):
@@ -344,9 +345,9 @@ def ann_recall(bundle: Bundle, cfg: EvaluateConfig) -> dict:
         target = bundle.spaces[target_space]
         k = min(cfg.k, bundle.vocab_size - 1)
         tuning = bundle.tuning(query_space, target_space)
-        truth = exact_truth(target, sample, k)
-        found = ann_search(target, sample, k, tuning.params, pair)
-        out[pair] = {"queries": len(ids), "k": k, "recall": recall(target, sample, truth, found),
+        truth = exact_truth(target.vectors, sample, k)
+        found = search_sample(target, sample, k, tuning.params, pair)
+        out[pair] = {"queries": len(ids), "k": k, "recall": recall(target.vectors, sample, truth, found),
                      "exact": target.exact_only, "params": tuning.params.to_dict(),
                      "manifest_recall_uniform": tuning.recall_uniform,
                      "manifest_recall_frequency": tuning.recall_frequency}

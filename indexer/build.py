@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 from dualvec.kernel.ann import IndexSpec, SearchParams, SpaceIndex, build_index, choose_spec
 from dualvec.kernel.bundle import BundleWriter, hubs_file, index_file, norms_file, vectors_file
 from dualvec.kernel.errors import ModelError
+from dualvec.kernel.hubs import find_hubs, hub_cap
+from dualvec.kernel.truth import QuerySample, draw_ids, exact_truth, frequency_weights
 from dualvec.indexer.normalize import normalize_rows
 from dualvec.indexer.source_model import SourceModel
-from dualvec.indexer.tuning import (QuerySample, TuningConfig, draw_ids, exact_truth, find_hubs,
-                                    frequency_weights, tune_pair)
+from dualvec.indexer.tuning import TuningConfig, tune_pair
 from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
 from dualvec.kernel.tokenizer import Tokenizer
 
@@ -158,12 +159,12 @@ def tune_all_pairs(source: SourceModel, units: dict[Space, np.ndarray], indexes:
             continue
         target = SpaceIndex(units[t], indexes[t])
         log.info("tuning %s: ground truth and hubs", pname.upper())
-        hubs = find_hubs(target, samples[q]["hub"]["mixed"], tc.hub_depth, min(tc.max_hubs, max(1, n // 8)))
-        target.set_hubs(pname, hubs)
+        hubs = find_hubs(units[t], samples[q]["hub"]["mixed"], tc.hub_depth, hub_cap(n, tc.max_hubs))
+        target.hubs.set(pname, hubs)
         held = samples[q]["held"]
         tune = samples[q]["tune"]
-        held_truth = {d: exact_truth(target, s, tc.k) for d, s in held.items()}
-        tune_truth = {d: exact_truth(target, s, tc.k) for d, s in tune.items()}
+        held_truth = {d: exact_truth(units[t], s, tc.k) for d, s in held.items()}
+        tune_truth = {d: exact_truth(units[t], s, tc.k) for d, s in tune.items()}
         with tqdm(desc=f"tune {pname.upper()}", unit="cfg", disable=cfg.quiet or None, leave=False) as bar:
             def report(params: SearchParams, r: float, us: float) -> None:
                 bar.set_postfix_str(f"{params} recall {r:.3f} {us:.0f}us", refresh=False)

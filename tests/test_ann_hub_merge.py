@@ -1,4 +1,4 @@
-"""The hub merge of SpaceIndex: the one-query path (a plain merge of two sorted lists) gives what the batched,
+"""The hub merge (dualvec.kernel.hubs): the one-query path (a plain merge of two sorted lists) gives what the batched,
 vectorized path gives, duplicates, padding and ties included."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_one_query_merge_equals_batched_merge(seed):
         vectors[rng.integers(0, n, 30)] = vectors[0]
     space = SpaceIndex(vectors, None)
     hubs = rng.permutation(n)[: int(rng.integers(1, 60))]
-    space.set_hubs("in-in", hubs)
+    space.hubs.set("in-in", hubs)
     query = unit_rows(rng, 1, d)
     # an index answer: the exact scores of some rows (often hubs too, so duplicates occur), best first, -1 padded
     found = rng.choice(np.concatenate([hubs, rng.integers(0, n, 20)]), size=k, replace=False) \
@@ -33,8 +33,8 @@ def test_one_query_merge_equals_batched_merge(seed):
     pad = int(rng.integers(0, k))
     if pad:
         ids[-pad:], scores[-pad:] = -1, -np.inf
-    one = space._merge_hubs(query, k, "in-in", len(hubs), scores[None], ids[None], None)
-    two = space._merge_hubs(np.repeat(query, 2, axis=0), k, "in-in", len(hubs), np.repeat(scores[None], 2, axis=0),
+    one = space.hubs.merge(query, k, "in-in", len(hubs), scores[None], ids[None], None)
+    two = space.hubs.merge(np.repeat(query, 2, axis=0), k, "in-in", len(hubs), np.repeat(scores[None], 2, axis=0),
                             np.repeat(ids[None], 2, axis=0), None)
     np.testing.assert_array_equal(one[1][0], two[1][0])
     np.testing.assert_array_equal(one[0][0], two[0][0])

@@ -12,6 +12,7 @@ import pytest
 from gensim.models import Word2Vec
 
 import dualvec.indexer.build as build_module
+from dualvec.kernel.truth import QuerySample, exact_truth
 from dualvec.kernel.ann import (AUTO_EXACT_MAX_ROWS, HNSW_EF_CONSTRUCTION, SearchParams, SpaceIndex, build_index, choose_spec,
                          graph_insertion_step)
 from dualvec.kernel.bundle import read_bundle, read_manifest
@@ -432,11 +433,11 @@ def test_tuning_re_ranks_the_fewest_candidates_that_keep_recall_whatever_the_tim
 
     def sample(seed: int) -> dict:
         ids = np.random.default_rng(seed).choice(4_000, 200, replace=False)
-        qs = tuning.QuerySample(ids, rows[ids])
+        qs = QuerySample(ids, rows[ids])
         return {"uniform": qs, "frequency": qs}
 
     tune, held = sample(1), sample(2)
-    truth = lambda s: {d: tuning.exact_truth(space, q, 10) for d, q in s.items()}  # noqa: E731
+    truth = lambda s: {d: exact_truth(rows, q, 10) for d, q in s.items()}  # noqa: E731
     # a noisy machine: every shallower re-ranking is timed as slower than the deeper one
     monkeypatch.setattr(tuning, "time_per_query", lambda target, vectors, k, params, pair: 1000.0 / params.rerank)
     cfg = tuning.TuningConfig(target_recall=0.9, timing_queries=8)

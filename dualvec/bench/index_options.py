@@ -36,9 +36,9 @@ import numpy as np
 from dualvec.kernel.ann import IndexSpec, build_index, ivf_nlist, padded_dim, zero_padded
 from dualvec.kernel.bundle import read_bundle
 from dualvec.kernel.spaces import Space
+from dualvec.kernel.truth import QuerySample, exact_truth
 
 K = 10
-TIE_EPS = 1e-4
 VARIANTS = ("hnsw-sq8", "hnsw-flat", "hnsw-flat-shuffled", "hnswlib", "ivf-flat", "ivf-sq8", "ivf-pq")
 
 
@@ -92,16 +92,6 @@ def factory_is_exact(factory: str) -> bool:
     return factory.endswith(",Flat")
 
 
-def exact_truth(queries: np.ndarray, rows: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
-    """(m,) threshold per query: its 10th best exact cosine (query word left out) less TIE_EPS."""
-    scores, ids = faiss.knn(queries, rows, K + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    out = np.empty(len(queries), dtype=np.float32)
-    for r in range(len(queries)):
-        kept = scores[r][ids[r] != query_ids[r]]
-        out[r] = kept[K - 1] - TIE_EPS
-    return out
-
-
 def measure(searcher: Searcher, queries: np.ndarray, query_ids: np.ndarray, rows: np.ndarray,
             thresholds: np.ndarray, setting: int) -> tuple[float, float]:
     hits, times = 0, []
@@ -148,7 +138,7 @@ def main(argv=None) -> int:
     lines = []
     for target in targets:
         rows = spaces[target]
-        truth = {(src, dist): exact_truth(spaces[src][ids], rows, ids)
+        truth = {(src, dist): exact_truth(rows, QuerySample(ids, spaces[src][ids]), K).thresholds
                  for src in spaces for dist, ids in samples.items()}
         for variant in variants:
             faiss.omp_set_num_threads(2)

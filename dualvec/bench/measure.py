@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from dualvec.kernel.ann import SearchParams, SpaceIndex
 from dualvec.kernel.bundle import Bundle
-from dualvec.indexer.tuning import TIE_EPS, draw_ids, drop_query_ids, frequency_weights
+from dualvec.kernel.truth import QuerySample, draw_ids, frequency_weights
 from dualvec.kernel.spaces import Space, parse_pair
 
 log = logging.getLogger("bench")
@@ -51,53 +51,9 @@ def query_vectors(bundle: Bundle, pair: str, ids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bundle.vectors[q][ids], dtype=np.float32)
 
 
-@dataclass
-class Truth:
-    """Exact top-k of a query sample in a target space, each query's own word left out.
-
-    ids: (m, k) int64; thresholds: (m,) float32, the k-th best exact cosine less TIE_EPS (ann-benchmarks' rule);
-    limit: the truth covers rows [0, limit) only (None = all)."""
-
-    ids: np.ndarray
-    thresholds: np.ndarray
-    limit: int | None = None
-
-
-def exact_truth(target: SpaceIndex, vectors: np.ndarray, qids: np.ndarray, k: int,
-                limit: int | None = None) -> Truth:
-    """Exhaustive top-k over rows [0, limit) with the query word dropped. vectors: (m, d) float32 unit rows."""
-    scores, ids = target.exact(vectors, k + 1, limit)
-    ids, scores = drop_query_ids(ids, scores, qids, k)
-    kth = scores[:, k - 1]
-    return Truth(ids, np.where(np.isfinite(kth), kth - TIE_EPS, -np.inf).astype(np.float32), limit)
-
-
-def recall_per_query(target: SpaceIndex, vectors: np.ndarray, qids: np.ndarray, truth: Truth,
-                     found: np.ndarray) -> np.ndarray:
-    """(m,) recall@k of found (m, k) int64 ids (-1 = nothing): a found row is right when its exact cosine reaches
-    the truth's threshold; the query's own word, repeats and rows outside the truth's limit never count."""
-    m, k = truth.ids.shape
-    found = np.asarray(found, dtype=np.int64)[:, :k]
-    found = _blank_repeats(found)
-    valid = (found >= 0) & (found != qids[:, None])
-    if truth.limit:
-        valid &= found < truth.limit
-    safe = np.where(valid, found, 0)
-    rows = np.asarray(target.vectors[safe.ravel()], dtype=np.float32).reshape(m, found.shape[1], -1)
-    exact = np.einsum("md,mkd->mk", vectors, rows)
-    hits = (exact >= truth.thresholds[:, None]) & valid
-    return hits.sum(axis=1) / k
-
-
-def _blank_repeats(found: np.ndarray) -> np.ndarray:
-    out = found.copy()
-    for row in out:
-        seen: set[int] = set()
-        for j, v in enumerate(row.tolist()):
-            if v in seen:
-                row[j] = -1
-            seen.add(v)
-    return out
+def query_sample(bundle: Bundle, pair: str, ids: np.ndarray) -> QuerySample:
+    """The (m,) query rows ids of a pair's query space with their (m, d) float32 unit vectors."""
+    return QuerySample(ids, query_vectors(bundle, pair, ids))
 
 
 def to_matrix(rows: Sequence[Sequence[int]], k: int) -> np.ndarray:

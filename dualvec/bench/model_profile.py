@@ -24,6 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dualvec.indexer.normalize import normalize_rows
+from dualvec.kernel.topk import drop_query_ids
+from dualvec.kernel.truth import QuerySample, exact_truth, recall
+
 PAIRS = [("IN", "IN"), ("IN", "OUT"), ("OUT", "IN"), ("OUT", "OUT")]
 
 
@@ -42,27 +46,6 @@ def load(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | No
     words = list(m.wv.index_to_key)
     counts = np.array([m.wv.get_vecattr(w, "count") for w in words], dtype=np.float64)
     return words, m.wv.vectors, m.syn1neg, counts
-
-
-def normalize(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    n = np.linalg.norm(a, axis=1, keepdims=True)
-    return a / np.maximum(n, 1e-12)
-
-
-def exact_topk(q: np.ndarray, x: np.ndarray, qids: np.ndarray, k: int, chunk: int = 64):
-    """Exact top-k ids and the k-th best cosine per query, query word excluded."""
-    ids = np.empty((len(q), k), dtype=np.int64)
-    sc = np.empty((len(q), k), dtype=np.float32)
-    for s in range(0, len(q), chunk):
-        S = q[s:s + chunk] @ x.T
-        S[np.arange(len(S)), qids[s:s + chunk]] = -np.inf
-        part = np.argpartition(-S, k, axis=1)[:, :k]
-        ps = np.take_along_axis(S, part, 1)
-        o = np.argsort(-ps, axis=1)
-        ids[s:s + chunk] = np.take_along_axis(part, o, 1)
-        sc[s:s + chunk] = np.take_along_axis(ps, o, 1)
-    return ids, sc
 
 
 def main(argv=None) -> int:
@@ -86,7 +69,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     words, vin, vout, counts = load(Path(args.model))
     n, d = vin.shape
-    X = {"IN": normalize(vin), "OUT": normalize(vout)}
+    X = {"IN": normalize_rows(vin, words, "in")[0], "OUT": normalize_rows(vout, words, "out")[0]}
     del vin, vout
     print(f"{args.model}: {n:,} words x {d} dims (loaded in {time.perf_counter() - t0:.0f}s)", flush=True)
     ivf = args.index.upper().startswith("IVF")
@@ -132,8 +115,8 @@ def main(argv=None) -> int:
     for qname, qids in qsets.items():
         for src, dst in PAIRS:
             Q = X[src][qids]
-            gt_ids, gt_sc = exact_topk(Q, X[dst], qids, k)
-            thr = gt_sc[:, k - 1] - 1e-4
+            truth = exact_truth(X[dst], QuerySample(qids, Q), k)
+            gt_ids, gt_sc, thr = truth.ids, truth.scores, truth.thresholds
             hubs[(qname, src, dst)] = (len(np.unique(gt_ids)), float(gt_sc.mean()))
             for ef in efs:
                 idx = indexes[dst]
@@ -150,13 +133,8 @@ def main(argv=None) -> int:
                     times.append(time.perf_counter() - started)
                 faiss.omp_set_num_threads(args.threads)
                 micros[(qname, src, dst, ef)] = float(np.median(times) * 1e6)
-                hits = 0
-                for qi in range(len(qids)):
-                    got = [i for i in I[qi] if i >= 0 and i != qids[qi]][:k]
-                    if got:
-                        cos = X[dst][got] @ Q[qi]
-                        hits += int((cos >= thr[qi]).sum())
-                results[(qname, src, dst, ef)] = hits / (k * len(qids))
+                results[(qname, src, dst, ef)] = recall(X[dst], QuerySample(qids, Q), truth, drop_query_ids(
+                    I, np.zeros(I.shape, np.float32), qids, k)[0])
 
     label = "nprobe" if ivf else "ef"
     for qname in qsets:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 # the report finds each timed phase's CPU shares by these names
 from dualvec.bench.report import BUSY_SHARE, SEARCH_PHASE, THROUGHPUT_PHASE
+from dualvec.kernel.truth import exact_truth, recall as recall_of
 
 PHASES = ("search", "throughput", "sweep")
 PEERS = ("gensim", "hnswlib", "qdrant")
@@ -249,8 +250,8 @@ class Bench:
         out = {}
         for p in self.pairs:
             _, t = _spaces(p)
-            out[p] = {d: self.M.exact_truth(self.bundle.spaces[t], self.M.query_vectors(self.bundle, p, ids), ids,
-                                            self.cfg.k, limit) for d, ids in qids.items()}
+            out[p] = {d: exact_truth(self.bundle.spaces[t].vectors, self.M.query_sample(self.bundle, p, ids),
+                                     self.cfg.k, limit) for d, ids in qids.items()}
         return out
 
     def measure(self, adapter, qids: dict, truth: dict, pairs=None, desc: str = "",
@@ -269,9 +270,8 @@ class Bench:
             reference.append(ref)
             for p, run in runs.items():
                 _, t = _spaces(p)
-                vecs = M.query_vectors(self.bundle, p, ids)
-                recall[p][d] = float(M.recall_per_query(self.bundle.spaces[t], vecs, ids, truth[p][d],
-                                                        run.found).mean())
+                recall[p][d] = recall_of(self.bundle.spaces[t].vectors, M.query_sample(self.bundle, p, ids),
+                                         truth[p][d], run.found)
                 found[p][d] = run.found
                 times[p].append(run.seconds)
                 if run.errors:
@@ -539,9 +539,8 @@ class Bench:
         ids = np.concatenate([self.qids["uniform"][: (n + 1) // 2], self.qids["frequency"][: n // 2]])
         g.query("in-in", int(ids[0]), cfg.k)  # warm-up
         run = M.run_queries(g.query, "in-in", ids, cfg.k, desc="gensim", quiet=cfg.quiet)
-        vecs = M.query_vectors(self.bundle, "in-in", ids)
-        truth = M.exact_truth(self.bundle.spaces[_spaces("in-in")[1]], vecs, ids, cfg.k)
-        rec = float(M.recall_per_query(self.bundle.spaces[_spaces("in-in")[1]], vecs, ids, truth, run.found).mean())
+        sample, rows = M.query_sample(self.bundle, "in-in", ids), self.bundle.spaces[_spaces("in-in")[1]].vectors
+        rec = recall_of(rows, sample, exact_truth(rows, sample, cfg.k), run.found)
         lat = M.percentiles_us(run.seconds)
         out = {"info": info, "queries": int(len(ids)), "latency_us": lat, "recall": rec,
                "command": self.repro(("search",), ("gensim",))}
@@ -647,9 +646,9 @@ def _spaces_str(pair: str) -> tuple[str, str]:
 
 
 def _head(truth, m: int):
-    from dualvec.bench.measure import Truth
+    from dualvec.kernel.truth import Truth
 
-    return Truth(truth.ids[:m], truth.thresholds[:m], truth.limit)
+    return Truth(truth.ids[:m], truth.scores[:m], truth.thresholds[:m], truth.limit)
 
 
 def _config_dict(cfg: BenchConfig) -> dict:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from operator import itemgetter
 
 import faiss
 import numpy as np
 
 from dualvec.kernel.errors import ModelError
+from dualvec.kernel.hubs import HubLists
+from dualvec.kernel.topk import drop_query_ids, pad
+from dualvec.kernel.truth import QuerySample, exact_search
 
 # Below this many rows `auto` searches exactly: a full scan is then about as fast as an index.
 AUTO_EXACT_MAX_ROWS = 20_000
@@ -217,37 +219,23 @@ class SpaceIndex:
         self.vectors = vectors
         self.index = index
         self.n, self.dim = vectors.shape
-        self._hub_ids: dict[str, np.ndarray] = {}
-        self._hub_vectors: dict[tuple[str, int], np.ndarray] = {}
+        self.hubs = HubLists(vectors)
         self._shared_params: dict[tuple[int, int, int], faiss.SearchParameters] = {}
         self._ivf = faiss.try_extract_index_ivf(index) if index is not None else None
         self._is_hnsw = index is not None and _hnsw_of(index) is not None
         self.exact_scores = index is None or _stores_full_vectors(index)
         self.index_dim = index.d if index is not None else self.dim  # > dim: queries are zero-padded for it
         for pair, ids in (hubs or {}).items():
-            self.set_hubs(pair, ids)
+            self.hubs.set(pair, ids)
 
     @property
     def exact_only(self) -> bool:
         return self.index is None
 
-    def set_hubs(self, pair: str, ids: np.ndarray) -> None:
-        """Hub rows of a pair, best first: (h,) int64 row ids. Prefixes of them are gathered into memory once."""
-        self._hub_ids[pair] = np.asarray(ids, dtype=np.int64)
-        for key in [key for key in self._hub_vectors if key[0] == pair]:
-            del self._hub_vectors[key]
-
-    def hub_count(self, pair: str) -> int:
-        return len(self._hub_ids.get(pair, ()))
-
     def exact(self, queries: np.ndarray, k: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exhaustive top-k by inner product. queries: (m, d) float32 unit rows. Returns (m, k) float32 scores
         and (m, k) int64 ids (-1 where fewer than k rows exist). limit: search only rows [0, limit)."""
-        base = self.vectors if not limit or limit >= self.n else self.vectors[:limit]
-        k_eff = min(k, base.shape[0])
-        scores, ids = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), base, k_eff,
-                                metric=faiss.METRIC_INNER_PRODUCT)
-        return _pad(scores, ids, k)
+        return exact_search(self.vectors, queries, k, limit)
 
     def search(self, queries: np.ndarray, k: int, params: SearchParams, pair: str = "",
                limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -273,8 +261,8 @@ class SpaceIndex:
         else:
             _, cand = self.index.search(padded, k * max(1, params.rerank or DEFAULT_RERANK), params=fp)
             scores, ids = self.rescore(queries, cand, k)
-        if params.hubs and self._hub_ids.get(pair) is not None and len(self._hub_ids[pair]):
-            scores, ids = self._merge_hubs(queries, k, pair, params.hubs, scores, ids, limit)
+        if params.hubs:
+            scores, ids = self.hubs.merge(queries, k, pair, params.hubs, scores, ids, limit)
         return scores, ids
 
     def _faiss_params(self, params: SearchParams, k: int) -> faiss.SearchParameters:
@@ -300,43 +288,7 @@ class SpaceIndex:
         out_i = candidates[row, order]
         if not all_valid:
             out_i = np.where(np.isfinite(out_s), out_i, -1)
-        return _pad(out_s, out_i, k)
-
-    def _merge_hubs(self, queries, k, pair, h, scores, ids, limit):
-        hub_ids = self._hub_ids[pair][:h]
-        hub_vecs = self.hub_vectors(pair, h)
-        if limit and limit < self.n:
-            keep = hub_ids < limit
-            hub_ids, hub_vecs = hub_ids[keep], hub_vecs[keep]
-        if len(hub_ids) == 0:
-            return scores, ids
-        kk = min(k, len(hub_ids))
-        hs, hi = faiss.knn(queries, hub_vecs, kk, metric=faiss.METRIC_INNER_PRODUCT)
-        hi = hub_ids[hi]
-        if len(queries) == 1:
-            return _merge_one(scores[0], ids[0], hs[0], hi[0], k)
-        all_s = np.concatenate([scores, hs], axis=1)
-        all_i = np.concatenate([ids, hi], axis=1)
-        # drop duplicates (a hub the index also found) and padding, then take the best k
-        all_s = np.where(all_i < 0, -np.inf, all_s)
-        order = np.argsort(-all_s, axis=1, kind="stable")
-        all_s = np.take_along_axis(all_s, order, axis=1)
-        all_i = np.take_along_axis(all_i, order, axis=1)
-        dup = _later_duplicates(all_i)
-        all_s = np.where(dup, -np.inf, all_s)
-        order = np.argsort(-all_s, axis=1, kind="stable")[:, :k]
-        out_s = np.take_along_axis(all_s, order, axis=1)
-        out_i = np.take_along_axis(all_i, order, axis=1)
-        out_i = np.where(np.isfinite(out_s), out_i, -1)
-        out_s = np.where(np.isfinite(out_s), out_s, -np.inf).astype(np.float32)
-        return out_s, out_i
-
-    def hub_vectors(self, pair: str, h: int) -> np.ndarray:
-        """(h, d) float32 rows of the pair's first h hubs, gathered once and kept (call at load to warm)."""
-        key = (pair, h)
-        if key not in self._hub_vectors:
-            self._hub_vectors[key] = np.ascontiguousarray(self.vectors[self._hub_ids[pair][:h]], dtype=np.float32)
-        return self._hub_vectors[key]
+        return pad(out_s, out_i, k)
 
 
 DEFAULT_RERANK = 4
@@ -353,41 +305,9 @@ def _stores_full_vectors(index: faiss.Index) -> bool:
     return isinstance(faiss.downcast_index(index), faiss.IndexFlat)
 
 
-def _merge_one(scores: np.ndarray, ids: np.ndarray, hub_scores: np.ndarray, hub_ids: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-    """_merge_hubs for one query, without the (m, c, c) arrays: a stable sort of the two short lists (the index's
-    answer first on equal scores, as in _merge_hubs), then the first k distinct ids."""
-    # reverse=True keeps equal scores in their first order, as a stable sort on -score does
-    merged = sorted(zip(scores.tolist() + hub_scores.tolist(), ids.tolist() + hub_ids.tolist()),
-                    key=itemgetter(0), reverse=True)
-    out_s, out_i, seen = [], [], set()
-    for s, i in merged:
-        if i < 0 or s == -np.inf or i in seen:
-            continue
-        seen.add(i)
-        out_s.append(s)
-        out_i.append(i)
-        if len(out_i) == k:
-            break
-    pad = k - len(out_i)
-    return (np.array([out_s + [-np.inf] * pad], dtype=np.float32),
-            np.array([out_i + [-1] * pad], dtype=np.int64))
-
-
-def _later_duplicates(ids: np.ndarray) -> np.ndarray:
-    """(m, c) bool: True where the id already appeared earlier in the row (ids sorted best first)."""
-    m, c = ids.shape
-    eq = ids[:, :, None] == ids[:, None, :]          # (m, c, c)
-    earlier = np.tril(np.ones((c, c), dtype=bool), -1)  # [i, j] True when j < i
-    return (eq & earlier[None]).any(axis=2)
-
-
-def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if scores.shape[1] == k:
-        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
-    m = scores.shape[0]
-    s = np.full((m, k), -np.inf, np.float32)
-    i = np.full((m, k), -1, np.int64)
-    s[:, :scores.shape[1]] = scores
-    i[:, :ids.shape[1]] = ids
-    return s, i
+def search_sample(target: SpaceIndex, sample: QuerySample, k: int, params: SearchParams, pair: str) -> np.ndarray:
+    """(m, k) int64 ids a pair's tuned search returns for a query sample, each query's own word left out (as the
+    server answers by default): what dualvec.kernel.truth judges."""
+    scores, ids = target.search(sample.vectors, k + 1, params, pair)
+    ids, _ = drop_query_ids(ids, scores, sample.ids, k)
+    return ids

@@ -321,7 +321,7 @@ def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool =
         target = Space(pname.split("-")[1])
         hub_name = hubs_file(pname)
         if hub_name in manifest["files"] and target in spaces:
-            spaces[target].set_hubs(pname, np.load(path / hub_name, allow_pickle=False))
+            spaces[target].hubs.set(pname, np.load(path / hub_name, allow_pickle=False))
     docfreq = None
     if DOCFREQ in manifest["files"]:
         docfreq = read_docfreq(path / DOCFREQ)

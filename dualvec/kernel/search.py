@@ -71,7 +71,7 @@ class SearchEngine:
         for pname, tuning in self.bundle.pairs.items():
             target = Space(pname.split("-")[1])
             if tuning.params.hubs and target in self.bundle.spaces:
-                self.bundle.spaces[target].hub_vectors(pname, tuning.params.hubs)
+                self.bundle.spaces[target].hubs.warm(pname, tuning.params.hubs)
 
     # ------------------------------------------------------------------------------------------------ validation
     def require_space(self, space: Space, field_name: str) -> None:
