@@ -108,6 +108,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------------------- parser
 
+def add_service_config_option(p: argparse.ArgumentParser) -> None:
+    """--service-config, for the commands that call a server (--addr may be any gRPC target, several servers)."""
+    p.add_argument("--service-config", metavar="FILE", help="gRPC service config (JSON file) for the channel: load "
+                   "balancing over the servers --addr resolves to, and retries; 'none' for gRPC's defaults "
+                   "(default: round_robin, UNAVAILABLE retried; docs/scaling.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualvec", description="Serve both embedding spaces (IN and OUT) of a "
                                      "word2vec model.")
@@ -195,12 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="query_space", default="in", choices=("in", "out"), help="query space (in)")
     p.add_argument("--to", dest="target_space", default="in", choices=("in", "out"), help="searched space (in)")
     p.add_argument("-k", type=int, default=10, help="neighbours (10)")
-    p.add_argument("--addr", default="127.0.0.1:50051", help="server address (127.0.0.1:50051)")
+    p.add_argument("--addr", default="127.0.0.1:50051",
+                   help="server address (127.0.0.1:50051), or any gRPC target: dns:///HOST:PORT, ipv4:A:P,B:P")
     p.add_argument("--exact", action="store_true", help="exhaustive search (ground truth)")
     p.add_argument("--restrict-vocab", type=int, default=0, help="only the N most frequent words")
     p.add_argument("--model", default="", help="bundle name on a server serving several")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_service_config_option(p)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("demo", parents=[common], help="train, build, serve and query a small model end to end")
@@ -218,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bm25-weight", type=float, default=0.0, help="w in (1-w) DESM + w BM25 (0)")
     p.add_argument("--model", default="", help="bundle name on a server serving several")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_service_config_option(p)
     p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("evaluate", parents=[common], help="word similarity, analogies, DESM and recall of bundles")

@@ -29,7 +29,8 @@ def format_neighbors(title: str, neighbors: list[Neighbor]) -> str:
 def run_query(args: argparse.Namespace) -> int:
     pos, neg = split_words(args.words)
     neg += list(getattr(args, "negative", []) or [])
-    with Client(args.addr, timeout=args.timeout, model=args.model) as client:
+    with Client(args.addr, timeout=args.timeout, model=args.model,
+                service_config=getattr(args, "service_config", None)) as client:
         neighbors = client.search(pos, neg, query_space=args.query_space, target_space=args.target_space,
                                   k=args.k, restrict_vocab=args.restrict_vocab, exact=args.exact)
     if args.json:

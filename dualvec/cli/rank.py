@@ -35,6 +35,7 @@ class RankConfig:
     bm25_weight: float = 0.0
     model: str = ""
     as_json: bool = False
+    service_config: str | None = None  # for --addr (dualvec.client.service_config)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def run_rank(args: argparse.Namespace) -> int:
     cfg = RankConfig(query=args.query, documents=args.documents, addr=getattr(args, "addr", None),
                      bundle=getattr(args, "bundle", None), space=getattr(args, "space", "in-out"),
                      bm25_weight=float(getattr(args, "bm25_weight", 0.0)), model=getattr(args, "model", "") or "",
-                     as_json=bool(getattr(args, "json", False)))
+                     as_json=bool(getattr(args, "json", False)), service_config=getattr(args, "service_config", None))
     if cfg.space not in dict(VARIANTS):
         raise DualvecError(f"--space must be one of {', '.join(name for name, _ in VARIANTS)}, got {cfg.space!r}")
     documents = read_documents(cfg.documents)
@@ -164,7 +165,7 @@ def score_remotely(cfg: RankConfig, documents: Sequence[Document]):
     payload = [{"id": d.id, "tokens": list(d.tokens)} if d.tokens is not None else {"id": d.id, "text": d.text}
                for d in documents]
     per_variant, source = {}, ""
-    with Client(cfg.addr or DEFAULT_ADDR, model=cfg.model) as client:
+    with Client(cfg.addr or DEFAULT_ADDR, model=cfg.model, service_config=cfg.service_config) as client:
         for name, document_space in VARIANTS:
             try:
                 result = client.score_documents(cfg.query, documents=payload, query_space="in",

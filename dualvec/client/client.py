@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import grpc
 
+from dualvec.client.service_config import channel_options
 from dualvec.kernel.errors import DualvecError
 from dualvec.kernel.results import DocumentScore, Neighbor, WordVector
 from dualvec.v1 import dualvec_pb2 as pb
@@ -41,14 +42,18 @@ class ScoreResult:
 
 
 class Client:
-    """Connection to one server. ``timeout``: seconds per call (None = no deadline)."""
+    """Connection to a server, or to several: ``address`` is any gRPC target (``HOST:PORT``, ``dns:///HOST:PORT``
+    resolving to every replica, ``ipv4:HOST:PORT,HOST:PORT``). Calls are spread over the servers and a call that
+    finds its server gone is retried on another, as ``service_config`` says (None: the default of
+    dualvec.client.service_config; a dict, JSON text or a JSON file's path; "none": gRPC's defaults).
+    ``timeout``: seconds per call, retries included (None = no deadline)."""
 
     def __init__(self, address: str = "127.0.0.1:50051", *, timeout: float | None = 10.0, model: str = "",
-                 channel: grpc.Channel | None = None):
+                 channel: grpc.Channel | None = None, service_config: str | dict | None = None):
         self.address = address
         self.timeout = timeout
         self.model = model
-        self._channel = channel or grpc.insecure_channel(address)
+        self._channel = channel or grpc.insecure_channel(address, options=channel_options(service_config))
         self._stub = pb_grpc.DualVecStub(self._channel)
 
     def __enter__(self) -> "Client":
