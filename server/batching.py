@@ -50,6 +50,7 @@ class Batcher(Generic[T, R]):
         self._batches = 0
         self._items = 0
         self._largest = 0
+        self.on_batch: Callable[[int], None] | None = None  # told each batch's size (dualvec.server.metrics)
 
     def stats(self) -> BatchStats:
         with self._lock:
@@ -109,3 +110,8 @@ class Batcher(Generic[T, R]):
                 s.done.set()
         if nxt is not None:
             nxt.done.set()  # type: ignore[union-attr]
+        if self.on_batch is not None:  # after the answers are delivered, and never failing them
+            try:
+                self.on_batch(len(batch))
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,0 +1,78 @@
+"""What a client shows a server that asks who calls: a bearer token, TLS, a client certificate (mutual TLS).
+
+Over TLS the token travels as call credentials (``grpc.access_token_call_credentials``); gRPC refuses call
+credentials on a plaintext channel, so there the client sends the same ``authorization: Bearer <token>`` metadata
+with each call itself (``token_metadata``). A token sent in plaintext can be read on the way: use TLS across hosts.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+
+from dualvec.kernel.errors import DualvecError
+
+PemSource = str | os.PathLike | bytes | None  # a PEM file's path, or the PEM bytes themselves
+
+
+def check_token(token: str) -> str:
+    """The token as it goes into metadata. Raises DualvecError (without the token) when it cannot be sent."""
+    token = token.strip()
+    if not token or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise DualvecError("token: must be printable ASCII without spaces, and not empty")
+    return token
+
+
+def read_token_file(path: str | os.PathLike) -> str:
+    """The first token of a token file (the server's format: one a line, blank lines and # comments ignored).
+    Raises DualvecError naming the file when it cannot be read or holds no token."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DualvecError(f"token file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DualvecError(f"cannot read token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    for line in text.splitlines():
+        token = line.strip()
+        if token and not token.startswith("#"):
+            try:
+                return check_token(token)
+            except DualvecError:
+                raise DualvecError(f"token file {path}: its token must be printable ASCII without spaces") from None
+    raise DualvecError(f"token file {path} holds no token")
+
+
+def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """The metadata that carries a token on a plaintext channel."""
+    return (("authorization", f"Bearer {check_token(token)}"),)
+
+
+def _pem(source: PemSource, what: str) -> bytes | None:
+    if source is None or isinstance(source, bytes):
+        return source
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DualvecError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise DualvecError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise DualvecError(f"{what} {path} is not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def channel_credentials(tls_ca: PemSource = None, tls_cert: PemSource = None,
+                        tls_key: PemSource = None) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials, or None for plaintext (none of the three given). ``tls_ca``: the CA that signed the
+    server's certificate (None: the system's CAs); ``tls_cert``/``tls_key``: this client's certificate and key
+    for mutual TLS. Raises DualvecError naming the option and file that cannot be used."""
+    if tls_ca is None and tls_cert is None and tls_key is None:
+        return None
+    if (tls_cert is None) != (tls_key is None):
+        raise DualvecError("tls_cert and tls_key (--tls-cert, --tls-key) go together: give both")
+    return grpc.ssl_channel_credentials(root_certificates=_pem(tls_ca, "--tls-ca"),
+                                        private_key=_pem(tls_key, "--tls-key"),
+                                        certificate_chain=_pem(tls_cert, "--tls-cert"))
