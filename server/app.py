@@ -65,6 +65,11 @@ class RunningServer:
     address: str
     admission: AdmissionControl | None = None
 
+    def set_serving(self) -> None:
+        """Health SERVING, for the server as a whole ("") and for the DualVec service."""
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
     def stop(self, grace: float | None = 5.0) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
@@ -89,9 +94,11 @@ def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
     return engines
 
 
-def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_port: bool = False) -> RunningServer:
+def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_port: bool = False,
+                 serving: bool = True) -> RunningServer:
     """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound. reuse_port: share
-    the port with the other processes of `serve --processes` (SO_REUSEPORT)."""
+    the port with the other processes of `serve --processes` (SO_REUSEPORT). serving=False: health stays
+    NOT_SERVING until ``running.set_serving()`` (`serve --processes`: once every process is up)."""
     # admission control bounds the DualVec calls (fast "server overloaded" refusals beyond max_queue, deadlines
     # honoured while waiting); the pool has a thread for every call taken, so health never queues behind searches
     admission = AdmissionControl(cfg.max_queue, cfg.workers, (SERVICE_NAME,))
@@ -122,10 +129,10 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
     if port == 0:
         raise DualvecError(f"cannot listen on {address} (in use, or not an address of this machine)")
     server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    bound = f"{cfg.host}:{port}"
-    return RunningServer(server, port, health_servicer, servicer, bound, admission)
+    running = RunningServer(server, port, health_servicer, servicer, f"{cfg.host}:{port}", admission)
+    if serving:
+        running.set_serving()
+    return running
 
 
 def serve_forever(cfg: ServerConfig) -> int:

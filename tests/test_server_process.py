@@ -1,6 +1,7 @@
-"""A real `dualvec serve BUNDLE --port 0` process: it logs the address it bound, answers like the in-process search
-core, and on SIGTERM or SIGINT turns health NOT_SERVING, refuses new calls, lets the calls in flight finish, logs
-one stop line and exits 0 within its grace period, while a client keeps calling."""
+"""A real `dualvec serve BUNDLE --port PORT` process (a port picked free here): its gRPC health turns SERVING, it
+logs the address it bound, answers like the in-process search core, and on SIGTERM or SIGINT turns health
+NOT_SERVING, refuses new calls, lets the calls in flight finish, logs one stop line and exits 0 within its grace
+period, while a client keeps calling."""
 from __future__ import annotations
 
 import itertools
@@ -17,6 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dualvec.client import NotServingError, pick_free_port, wait_until_serving
 from dualvec.kernel.bundle import read_bundle
 from dualvec.server.app import ServerConfig, load_engines, start_server
 from dualvec.kernel.search import SearchEngine, SearchQuery
@@ -29,35 +31,35 @@ from test_search_core import assert_neighbors, reference_of
 DUALVEC = str(Path(sys.executable).with_name("dualvec"))
 GRACE = 8.0  # generous: the drain ends as soon as the calls in flight are done, and this machine is shared
 PB_SPACE = {Space.IN: pb.IN, Space.OUT: pb.OUT}
-START_LINE = re.compile(r"serving (\S+) on (\S+):(\d+) ")
+START_LINE = re.compile(r"serving (\S+) on (\S+):(\d+) ")  # what the log says, not how readiness is learned
 STOP_LINE = re.compile(r"stopped serving on (\S+):(\d+)")
 
 
 class ServeProcess:
-    """`dualvec serve` in a subprocess; stderr is collected line by line in the background."""
+    """`dualvec serve` in a subprocess on a port picked free here; stderr is collected line by line in the
+    background (for what the log says; readiness comes from gRPC health)."""
 
     def __init__(self, bundle: Path, *extra: str):
-        self.proc = subprocess.Popen([DUALVEC, "serve", str(bundle), "--port", "0", "--grace", str(GRACE), *extra],
+        self.address = f"127.0.0.1:{pick_free_port()}"
+        port = self.address.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen([DUALVEC, "serve", str(bundle), "--port", port, "--grace", str(GRACE), *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
-        self.started = threading.Event()
-        self.address = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
-            m = START_LINE.search(line)
-            if m and not self.started.is_set():
-                self.address = f"{m.group(2)}:{m.group(3)}"
-                self.started.set()
 
     def wait_started(self, timeout: float = 60.0) -> str:
-        if not self.started.wait(timeout):
+        """The address, once the server's health answers SERVING."""
+        try:
+            wait_until_serving(self.address, timeout, process=self.proc)
+        except NotServingError as exc:
             self.kill()
-            pytest.fail("dualvec serve did not log its address:\n" + "\n".join(self.lines))
+            pytest.fail(f"{exc}\n" + self.log())
         return self.address
 
     def log(self) -> str:

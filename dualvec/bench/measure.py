@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -269,48 +268,54 @@ def _median_single_us(index, rows: np.ndarray, k: int, params) -> float:
 
 # ------------------------------------------------------------------------------------------------ the server process
 
-SERVING_LINE = re.compile(r"serving .* on (\S+:\d+)")
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The last value of ``--name VALUE`` or ``--name=VALUE`` in args, else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+    return value
 
 
 class ServerProcess:
-    """`dualvec serve BUNDLE --port 0 --skip-checksums [extra]` as a subprocess (prefix: what stands for
-    `dualvec`); its address is read from the
-    "serving ... on HOST:PORT" log line on stderr, which is drained by a thread afterwards (last lines kept)."""
+    """`dualvec serve BUNDLE --port PORT --skip-checksums [extra]` as a subprocess (prefix: what stands for
+    `dualvec`), on a port picked free here unless extra names one; it is up once its gRPC health answers SERVING
+    (dualvec.client.wait_until_serving). Its stderr is drained by a thread (last lines kept)."""
 
     def __init__(self, bundle: str | os.PathLike, extra_args: Sequence[str] = (), start_timeout: float = 900.0,
                  prefix: Sequence[str] = ()):
-        self.command = [*(prefix or dualvec_command()), "serve", str(bundle), "--port", "0", "--skip-checksums",
+        from dualvec.client.readiness import pick_free_port
+
+        host = (_option(extra_args, "--host") or "127.0.0.1").strip("[]")
+        port = _option(extra_args, "--port") or str(pick_free_port(host))
+        self.command = [*(prefix or dualvec_command()), "serve", str(bundle), "--port", port, "--skip-checksums",
                         *extra_args]
+        connect = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard is reached on loopback
+        self.address = f"[{connect}]:{port}" if ":" in connect else f"{connect}:{port}"
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
-        self.address = ""
         self.log_tail: deque[str] = deque(maxlen=200)
         self.errors: list[str] = []
         self.load_seconds = 0.0
         self._drain: threading.Thread | None = None
 
     def start(self) -> "ServerProcess":
+        from dualvec.client.readiness import NotServingError, wait_until_serving
+
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
-        deadline = time.monotonic() + self.start_timeout
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self._keep(line)
-            match = SERVING_LINE.search(line)
-            if match:
-                self.address = match.group(1)
-                break
-        if not self.address:
-            self.stop()
-            raise RuntimeError(f"`{' '.join(self.command)}` did not report its address; last log lines:\n"
-                               + "".join(self.log_tail))
-        self.load_seconds = time.perf_counter() - t0
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
         self._drain.start()
+        try:
+            wait_until_serving(self.address, self.start_timeout, process=self.proc)
+        except NotServingError as exc:
+            self.stop()
+            raise RuntimeError(f"`{' '.join(self.command)}`: {exc}; last log lines:\n"
+                               + "".join(self.log_tail)) from None
+        self.load_seconds = time.perf_counter() - t0
         return self
 
     def _keep(self, line: str) -> None:

@@ -64,7 +64,7 @@ def _table(left_title: str, left, right_title: str, right) -> str:
 
 def run_demo(workdir: str | None = None, keep: bool = False, quiet: bool = False) -> int:
     from dualvec.kernel.bundle import read_bundle
-    from dualvec.client import Client, ClientError
+    from dualvec.client import Client, ClientError, wait_until_serving
     from dualvec.indexer.build import BuildConfig, build_bundle
     from dualvec.indexer.model_readers import read_model
     from dualvec.indexer.training import TrainConfig, train
@@ -99,8 +99,8 @@ def run_demo(workdir: str | None = None, keep: bool = False, quiet: bool = False
         running = start_server(load_engines(cfg), cfg)
         print(f"      serving on {running.address}")
         try:
+            wait_until_serving(running.address, timeout=30)
             with Client(running.address) as client:
-                client.wait_ready()
                 info = client.info()
                 print(f"[5/5] ask it through gRPC (health {client.health()}, {int(info['vocab_size']):,} words)")
                 print("\n  IN->IN neighbours are typical (same kind of word); IN->OUT are topical (words that "

@@ -81,28 +81,34 @@ def serve_in_processes(cfg, engines, start_server, stop: threading.Event, receiv
     drained and exited 0."""
     port = free_port(cfg.host, cfg.port)
     cpus = child_cpus(cfg.cpus, cfg.processes, available_cpus())
-    ready_r, ready_w = os.pipe()
+    ready_r, ready_w = os.pipe()  # each child writes a byte once it is started
+    go_r, go_w = os.pipe()  # then the parent writes one byte per child: every one is up, health turns SERVING
     children: dict[int, int] = {}  # pid -> child number
     for number, cpu in enumerate(cpus, 1):
         pid = os.fork()
         if pid == 0:  # the child: serve, then leave without running the parent's exit handlers
             os.close(ready_r)
+            os.close(go_w)
             code = 1
             try:
-                code = _serve_child(number, cpu, engines, replace(cfg, port=port), ready_w, start_server)
+                code = _serve_child(number, cpu, engines, replace(cfg, port=port), ready_w, go_r, start_server)
             except BaseException:  # noqa: BLE001 - whatever it was, the child must not fall back into the parent
                 log.exception("worker process %d failed", number)
             finally:
                 os._exit(code)
         children[pid] = number
     os.close(ready_w)
+    os.close(go_r)
     address = f"{cfg.host}:{port}"
     if not _wait_ready(ready_r, len(children), children, stop):
         os.close(ready_r)
+        os.close(go_w)
         log.error("a worker process did not start; stopping the others")
         _stop_children(children, cfg.grace_seconds)
         return 1
     os.close(ready_r)
+    os.write(go_w, b"1" * len(children))
+    os.close(go_w)
     placement = ", ".join(format_cpus(c) if c else "any" for c in cpus)
     log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d; %d processes "
              "on CPUs %s)", ", ".join(engines), address, cfg.max_k, cfg.workers, cfg.max_queue, len(children),
@@ -126,16 +132,23 @@ def serve_in_processes(cfg, engines, start_server, stop: threading.Event, receiv
     return 1
 
 
-def _serve_child(number: int, cpu: set[int] | None, engines, cfg, ready_w: int, start_server) -> int:
+def _serve_child(number: int, cpu: set[int] | None, engines, cfg, ready_w: int, go_r: int, start_server) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if cpu is not None:
         os.sched_setaffinity(0, cpu)  # the only thread so far: gRPC's threads, made next, inherit it
-    running = start_server(engines, cfg, reuse_port=True)
+    running = start_server(engines, cfg, reuse_port=True, serving=False)
     log.info("worker process %d (pid %d) ready on CPU %s", number, os.getpid(), format_cpus(cpu) if cpu else "any")
     os.write(ready_w, b"1")
     os.close(ready_w)
+    # health turns SERVING only once the parent has heard from every process: the server as a whole is up
+    while not stop.is_set():
+        if select.select([go_r], [], [], 0.5)[0]:
+            if os.read(go_r, 1):  # nothing: the parent is gone
+                running.set_serving()
+            break
+    os.close(go_r)
     while not stop.wait(0.5):
         if os.getppid() == 1:  # the parent is gone: nobody will forward a signal
             break
