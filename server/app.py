@@ -3,17 +3,25 @@
 ``start_server`` returns a running server and the port it bound (port 0 picks a free one: tests use that).
 Health turns SERVING only once the bundles are loaded and the port is bound; on SIGTERM or SIGINT health turns
 NOT_SERVING first, new calls are refused, and in-flight calls get a grace period before the process exits 0.
+
+Who may call: ``auth_token_file`` (bearer tokens, dualvec.server.auth) and TLS (``tls_cert``/``tls_key``, with
+``tls_client_ca`` for mutual TLS). SIGHUP calls ``RunningServer.reload`` in every server process: it re-reads the
+token file, then runs the ``reloaders`` (where a bundle reload plugs in). ``metrics_port`` serves Prometheus
+metrics (dualvec.server.metrics).
 """
 from __future__ import annotations
 
 import gc
+import ipaddress
 import logging
+import os
 import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import grpc
@@ -23,6 +31,8 @@ from grpc_reflection.v1alpha import reflection
 from dualvec.kernel.bundle import read_bundle
 from dualvec.kernel.errors import DualvecError
 from dualvec.server.admission import AdmissionControl
+from dualvec.server.auth import TokenAuth, check_tls, read_tokens, tls_server_credentials
+from dualvec.server.metrics import ServerMetrics
 from dualvec.server.host.cpu_affinity import available_cpus, pin_process
 from dualvec.kernel.search import Limits, SearchEngine
 from dualvec.server.servicer import DualVecServicer
@@ -54,6 +64,11 @@ class ServerConfig:
     prefault: bool = True      # map every page of the vectors at load (dualvec.kernel.bundle.prefault_pages)
     cpus: str = "auto"         # CPUs `dualvec serve` runs on (dualvec.server.host.cpu_affinity)
     processes: int = 0         # server processes on the port, one CPU each; 0 = auto (dualvec.server.host.worker_processes)
+    auth_token_file: str | None = None  # bearer tokens, one a line (dualvec.server.auth); None: no token asked
+    tls_cert: str | None = None         # PEM certificate chain: serve TLS (with tls_key)
+    tls_key: str | None = None
+    tls_client_ca: str | None = None    # PEM CA: clients must present a certificate it signed (mutual TLS)
+    metrics_port: int | None = None     # Prometheus /metrics on host:PORT (0: a free port); None: no metrics
 
 
 @dataclass
@@ -64,6 +79,26 @@ class RunningServer:
     servicer: DualVecServicer
     address: str
     admission: AdmissionControl | None = None
+    auth: TokenAuth | None = None
+    metrics: ServerMetrics | None = None
+    # run by reload() after the token file, in order: a bundle reload plugs in here; each returns True on success
+    reloaders: list[Callable[[], bool]] = field(default_factory=list)
+
+    def reload(self) -> bool:
+        """What SIGHUP does: re-read the token file, then run the reloaders. A failed step is logged by itself,
+        counted in the metrics, and leaves what it would have replaced serving. True when every step succeeded."""
+        ok = True
+        if self.auth is not None and not self.auth.reload():
+            ok = False
+            if self.metrics is not None:
+                self.metrics.reload_failed("auth_tokens")
+        for reloader in self.reloaders:
+            try:
+                ok = bool(reloader()) and ok
+            except Exception:  # noqa: BLE001 - a failed reload must not take the server down
+                log.exception("reload failed; what was served before keeps serving")
+                ok = False
+        return ok
 
     def set_serving(self) -> None:
         """Health SERVING, for the server as a whole ("") and for the DualVec service."""
@@ -76,7 +111,7 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
+def load_engines(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> dict[str, SearchEngine]:
     """Read each bundle (memory-mapped) and name it by its directory name (made unique)."""
     limits = Limits(max_k=cfg.max_k, max_batch=cfg.max_batch)
     engines: dict[str, SearchEngine] = {}
@@ -88,6 +123,8 @@ def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
         started = time.perf_counter()
         bundle = read_bundle(path, checksums=cfg.checksums, prefault=cfg.prefault)
         engines[name] = SearchEngine(bundle, limits)
+        if metrics is not None:
+            metrics.bundle_loaded(name)
         log.info("loaded bundle %s as %r: %d words x %d dims, spaces %s (%.1f s)", bundle.path, name,
                  bundle.vocab_size, bundle.dim, ",".join(s.upper() for s in bundle.manifest["spaces"]),
                  time.perf_counter() - started)
@@ -95,10 +132,16 @@ def load_engines(cfg: ServerConfig) -> dict[str, SearchEngine]:
 
 
 def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_port: bool = False,
-                 serving: bool = True) -> RunningServer:
+                 serving: bool = True, metrics: ServerMetrics | None = None) -> RunningServer:
     """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound. reuse_port: share
     the port with the other processes of `serve --processes` (SO_REUSEPORT). serving=False: health stays
-    NOT_SERVING until ``running.set_serving()`` (`serve --processes`: once every process is up)."""
+    NOT_SERVING until ``running.set_serving()`` (`serve --processes`: once every process is up). metrics: count
+    this server's calls there. Raises DualvecError when the token file or a TLS file cannot be used."""
+    # interceptors run in order: metrics counts every call (refusals too), then the token check refuses a call
+    # before admission control (or anything else) spends work on it
+    auth = TokenAuth(cfg.auth_token_file) if cfg.auth_token_file else None
+    credentials = (tls_server_credentials(cfg.tls_cert, cfg.tls_key or "", cfg.tls_client_ca)
+                   if cfg.tls_cert else None)
     # admission control bounds the DualVec calls (fast "server overloaded" refusals beyond max_queue, deadlines
     # honoured while waiting); the pool has a thread for every call taken, so health never queues behind searches
     admission = AdmissionControl(cfg.max_queue, cfg.workers, (SERVICE_NAME,))
@@ -108,7 +151,8 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
     pool = futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix="dualvec-rpc",
                                       initializer=faiss.omp_set_num_threads, initargs=(threads,))
     server = grpc.server(pool,
-                         interceptors=(admission,), maximum_concurrent_rpcs=admission.threads,
+                         interceptors=[i for i in (metrics and metrics.interceptor(engines), auth, admission) if i],
+                         maximum_concurrent_rpcs=admission.threads,
                          options=[("grpc.max_receive_message_length", 64 << 20),
                                   ("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -116,6 +160,11 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
                                   ("grpc.server.max_pending_requests_hard_limit", admission.backlog_limits[1])])
     servicer = DualVecServicer(engines, batch_size=cfg.batch_size, concurrent_batches=cfg.concurrent_batches)
     pb_grpc.add_DualVecServicer_to_server(servicer, server)
+    if metrics is not None:
+        for name, batcher in servicer.batchers.items():
+            batcher.on_batch = metrics.batch_observer(name)
+        for name, engine in engines.items():
+            metrics.serving(name, engine.bundle.manifest, str(engine.bundle.path))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -123,20 +172,131 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{cfg.host}:{cfg.port}"
     try:
-        port = server.add_insecure_port(address)
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
     except RuntimeError as exc:
         raise DualvecError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
         raise DualvecError(f"cannot listen on {address} (in use, or not an address of this machine)")
     server.start()
-    running = RunningServer(server, port, health_servicer, servicer, f"{cfg.host}:{port}", admission)
+    running = RunningServer(server, port, health_servicer, servicer, f"{cfg.host}:{port}", admission, auth,
+                            metrics)
     if serving:
         running.set_serving()
     return running
 
 
+def check_access(cfg: ServerConfig) -> None:
+    """Before anything loads: the token file and the TLS files must be usable (DualvecError naming the file and
+    the problem otherwise), and an address other hosts can reach without either gets a warning."""
+    if cfg.tls_key and not cfg.tls_cert or cfg.tls_cert and not cfg.tls_key:
+        raise DualvecError("--tls-cert and --tls-key go together: give both")
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        raise DualvecError("--tls-client-ca asks clients for certificates over TLS: give --tls-cert and --tls-key")
+    if cfg.auth_token_file:
+        read_tokens(cfg.auth_token_file)
+    if cfg.tls_cert:
+        check_tls(cfg.tls_cert, cfg.tls_key or "", cfg.tls_client_ca)
+    if not (cfg.auth_token_file or cfg.tls_cert) and not _is_loopback(cfg.host):
+        log.warning("serving on %s without --auth-token-file or --tls-cert: any host that can reach this address "
+                    "may call the server, and calls travel unencrypted", cfg.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: loopback only if it is localhost
+        return False
+
+
+class _Hangup:
+    """SIGHUP runs an action on a thread of its own (the handler only sets an event); a signal that arrives before
+    the action is given is kept, and acted on once it is."""
+
+    def __init__(self):
+        self._wake = threading.Event()
+        signal.signal(signal.SIGHUP, lambda *_: self._wake.set())
+
+    def run(self, action: Callable[[], object]) -> None:
+        threading.Thread(target=self._loop, args=(action,), name="dualvec-reload", daemon=True).start()
+
+    def _loop(self, action: Callable[[], object]) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            log.info("SIGHUP received: reloading")
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - a failed reload must not take the server down
+                log.exception("reload failed; what was served before keeps serving")
+
+
+def _forward_hangup_to_children() -> None:
+    """The `serve --processes` parent's SIGHUP: each worker process reloads on its own (the parent holds no
+    server). A child that has not yet set its own handler inherits this one, and has no children: a no-op."""
+    import psutil
+
+    me = psutil.Process()
+
+    def forward(signum, frame):
+        for child in me.children():
+            try:
+                os.kill(child.pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGHUP, forward)
+
+
+def _child_start_server(metrics: ServerMetrics | None):
+    """``start_server`` as each worker process of `serve --processes` calls it: metrics counted in that process,
+    SIGHUP reloading that process."""
+    def start(engines, cfg, **kwargs):
+        if metrics is not None:
+            metrics.forget_endpoint()  # the parent's /metrics socket, inherited: not this process's to serve
+        hangup = _Hangup()
+        running = start_server(engines, cfg, metrics=metrics, **kwargs)
+        hangup.run(running.reload)
+        return running
+    return start
+
+
+def _start_metrics_after_forks(metrics: ServerMetrics, host: str, port: int, processes: int) -> None:
+    """The parent serves /metrics once it has forked its ``processes`` children (no thread of it is copied into
+    one); a later fork (a replaced child) closes its copy of the socket (``_child_start_server``)."""
+    forks = [0]
+
+    def after_fork_in_parent():
+        forks[0] += 1
+        if forks[0] == processes and not metrics.closed:
+            try:
+                bound = metrics.serve(host, port)
+            except DualvecError as exc:
+                log.error("%s", exc)
+                return
+            log.info("metrics on http://%s:%d/metrics (%d processes)", host, bound, processes)
+
+    os.register_at_fork(after_in_parent=after_fork_in_parent)
+
+
 def serve_forever(cfg: ServerConfig) -> int:
-    """`dualvec serve`: load, serve until SIGTERM/SIGINT, drain, exit 0."""
+    """`dualvec serve`: check the access options, load, serve until SIGTERM/SIGINT, drain, exit 0. SIGHUP
+    reloads (``RunningServer.reload``) in every server process."""
+    check_access(cfg)
+    cfg = replace(cfg, processes=resolve_processes(cfg.processes, cfg.cpus, available_cpus()))  # checks --cpus
+    _forward_hangup_to_children()  # from now on SIGHUP does not end the server; one process replaces it below
+    metrics = ServerMetrics.create(multiprocess=cfg.processes > 1) if cfg.metrics_port is not None else None
+    try:
+        return _serve(cfg, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _serve(cfg: ServerConfig, metrics: ServerMetrics | None) -> int:
+    """Load, serve until SIGTERM/SIGINT, drain, exit 0."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -149,13 +309,18 @@ def serve_forever(cfg: ServerConfig) -> int:
     cfg = replace(cfg, processes=resolve_processes(cfg.processes, cfg.cpus, available_cpus()))  # checks --cpus
     if cfg.processes == 1:
         pin_process(cfg.cpus)  # before any server thread exists: they inherit it
-    engines = load_engines(cfg)
+    engines = load_engines(cfg, metrics)
     # a bundle's vocabulary is millions of long-lived objects: leave them out of every later garbage collection
     # (and, with --processes, keep the collector from writing to pages the children share)
     gc.freeze()
     if cfg.processes > 1:
-        return serve_in_processes(cfg, engines, start_server, stop, received)
-    running = start_server(engines, cfg)
+        if metrics is not None:
+            _start_metrics_after_forks(metrics, cfg.host, cfg.metrics_port, cfg.processes)
+        return serve_in_processes(cfg, engines, _child_start_server(metrics), stop, received)
+    running = start_server(engines, cfg, metrics=metrics)
+    _Hangup().run(running.reload)
+    if metrics is not None:
+        log.info("metrics on http://%s:%d/metrics", cfg.host, metrics.serve(cfg.host, cfg.metrics_port))
     log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d)",
              ", ".join(engines), running.address, cfg.max_k, cfg.workers, cfg.max_queue)
     while not stop.wait(0.5):

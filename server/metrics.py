@@ -90,15 +90,17 @@ class ServerMetrics:
     @classmethod
     def create(cls, multiprocess: bool = False) -> "ServerMetrics":
         """multiprocess: the series are shared by the processes `serve --processes` forks after this call."""
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, values
+
+        disable_created_metrics()  # the *_created series only repeat the server's start time
 
         directory = None
         if multiprocess:
             directory = tempfile.mkdtemp(prefix="dualvec-metrics-")
             os.environ[MULTIPROC_ENV] = directory
-        # prometheus-client picks file-backed values by the environment when it is first imported; choose again
-        # here, so that the mode follows this call whatever imported it before
-        values.ValueClass = values.get_value_class()
+        # prometheus-client picks file-backed values by the environment when it is first imported; choose here,
+        # so that the mode follows this call whatever imported it before
+        values.ValueClass = values.MultiProcessValue() if multiprocess else values.MutexValue
         registry = None if multiprocess else CollectorRegistry()
         if registry is not None:
             from prometheus_client import ProcessCollector

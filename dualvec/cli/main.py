@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from dualvec import __version__
+from dualvec.cli.credentials import add_credential_options
 from dualvec.kernel.errors import DualvecError
 
 log = logging.getLogger("dualvec")
@@ -33,6 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """`dualvec build`. A gensim model file is a pickle: building from an untrusted one runs its code; word2vec files
+    (--in-vectors/--out-vectors) and fastText .bin are read without pickle, and bundles load without it."""
     from dualvec.indexer.build import BuildConfig, build_bundle
     from dualvec.indexer.model_readers import read_model, read_vector_pair
     from dualvec.indexer.tuning import TuningConfig
@@ -78,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        max_batch=args.max_batch, workers=args.workers, max_queue=args.max_queue,
                        checksums=not args.skip_checksums, grace_seconds=args.grace, batch_size=args.batch_size,
                        concurrent_batches=args.concurrent_batches, prefault=not args.no_prefault, cpus=args.cpus,
-                       processes=args.processes)
+                       processes=args.processes, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,
+                       tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, metrics_port=args.metrics_port)
     return serve_forever(cfg)
 
 
@@ -145,8 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", parents=[common], help="build a two-space bundle from a model",
                        description="Normalize IN and OUT, build one FAISS index per space, tune each space pair "
-                       "against exact search, and write a self-describing bundle directory.")
-    p.add_argument("model", nargs="?", help="gensim full model (Word2Vec/FastText .save()) or fastText .bin")
+                       "against exact search, and write a self-describing bundle directory. A gensim model file is a "
+                       "pickle: building from an untrusted one runs its code; word2vec files (--in-vectors/"
+                       "--out-vectors) and fastText .bin are read without pickle, and bundles load without it.")
+    p.add_argument("model", nargs="?", help="gensim full model (Word2Vec/FastText .save(); a pickle: trusted files "
+                   "only) or fastText .bin")
     p.add_argument("--in-vectors", help="word2vec-format file (text or binary) of the IN vectors")
     p.add_argument("--out-vectors", help="word2vec-format file (text or binary) of the OUT vectors")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
@@ -193,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefault", action="store_true",
                    help="map the vectors' pages on first use instead of at load: a faster start, but early "
                         "queries pay a page fault per row they read (at 1M x 300, 1.7x slower searches)")
+    access = p.add_argument_group("who may call, and what the server tells")
+    access.add_argument("--auth-token-file", metavar="FILE",
+                        help="accept DualVec calls only with 'authorization: Bearer TOKEN' metadata, TOKEN one of "
+                             "the file's lines (blank lines and # comments ignored; several for rotation); "
+                             "re-read on SIGHUP. Health and reflection stay open")
+    access.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain (PEM)")
+    access.add_argument("--tls-key", metavar="FILE", help="the private key (PEM) of --tls-cert")
+    access.add_argument("--tls-client-ca", metavar="FILE",
+                        help="mutual TLS: accept only clients presenting a certificate this CA (PEM) signed")
+    access.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (0 picks a free port)")
+    access.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines as text, or as one JSON object per event (text)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("query", parents=[common], help="top-k neighbours from a running server")
@@ -210,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_service_config_option(p)
+    add_credential_options(p)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("demo", parents=[common], help="train, build, serve and query a small model end to end")
@@ -228,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="bundle name on a server serving several")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_service_config_option(p)
+    add_credential_options(p)
     p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("evaluate", parents=[common], help="word similarity, analogies, DESM and recall of bundles")
@@ -235,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--analogy-limit", type=int, default=0, help="at most N analogy questions (0 = all)")
     p.set_defaults(func=cmd_evaluate)
+
 
     # listed for --help only: main() hands `dualvec loadtest ...` to dualvec.loadtest before parsing
     sub.add_parser("loadtest", help="load-test a running server (dualvec loadtest --help)", add_help=False)
@@ -270,9 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(negatives_as_options(argv))
     debug = getattr(args, "debug", False)
-    logging.basicConfig(level=logging.DEBUG if debug else (logging.WARNING if getattr(args, "quiet", False)
-                                                           else logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = logging.DEBUG if debug else (logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    if getattr(args, "log_format", "text") == "json":
+        from dualvec.server.logging_setup import configure_logging
+
+        configure_logging(level, "json", sys.stderr)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not debug:
         for noisy in ("faiss", "gensim", "smart_open"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

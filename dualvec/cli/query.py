@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from dualvec.cli.credentials import client_credentials
 from dualvec.client import Client
 from dualvec.kernel.results import Neighbor
 
@@ -30,7 +31,7 @@ def run_query(args: argparse.Namespace) -> int:
     pos, neg = split_words(args.words)
     neg += list(getattr(args, "negative", []) or [])
     with Client(args.addr, timeout=args.timeout, model=args.model,
-                service_config=getattr(args, "service_config", None)) as client:
+                service_config=getattr(args, "service_config", None), **client_credentials(args)) as client:
         neighbors = client.search(pos, neg, query_space=args.query_space, target_space=args.target_space,
                                   k=args.k, restrict_vocab=args.restrict_vocab, exact=args.exact)
     if args.json:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dualvec.cli.credentials import client_credentials
 from dualvec.kernel.errors import DualvecError, SpaceUnavailable
 
 DEFAULT_ADDR = "127.0.0.1:50051"
@@ -36,6 +37,7 @@ class RankConfig:
     model: str = ""
     as_json: bool = False
     service_config: str | None = None  # for --addr (dualvec.client.service_config)
+    credentials: dict | None = None     # token and TLS for dualvec.Client (dualvec.cli.credentials)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def run_rank(args: argparse.Namespace) -> int:
     cfg = RankConfig(query=args.query, documents=args.documents, addr=getattr(args, "addr", None),
                      bundle=getattr(args, "bundle", None), space=getattr(args, "space", "in-out"),
                      bm25_weight=float(getattr(args, "bm25_weight", 0.0)), model=getattr(args, "model", "") or "",
-                     as_json=bool(getattr(args, "json", False)), service_config=getattr(args, "service_config", None))
+                     as_json=bool(getattr(args, "json", False)), service_config=getattr(args, "service_config", None),
+                     credentials=client_credentials(args))
     if cfg.space not in dict(VARIANTS):
         raise DualvecError(f"--space must be one of {', '.join(name for name, _ in VARIANTS)}, got {cfg.space!r}")
     documents = read_documents(cfg.documents)
@@ -165,7 +168,8 @@ def score_remotely(cfg: RankConfig, documents: Sequence[Document]):
     payload = [{"id": d.id, "tokens": list(d.tokens)} if d.tokens is not None else {"id": d.id, "text": d.text}
                for d in documents]
     per_variant, source = {}, ""
-    with Client(cfg.addr or DEFAULT_ADDR, model=cfg.model, service_config=cfg.service_config) as client:
+    with Client(cfg.addr or DEFAULT_ADDR, model=cfg.model, service_config=cfg.service_config,
+                **(cfg.credentials or {})) as client:
         for name, document_space in VARIANTS:
             try:
                 result = client.score_documents(cfg.query, documents=payload, query_space="in",

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import grpc
 
+from dualvec.client.credentials import PemSource, channel_credentials, check_token, token_metadata
 from dualvec.client.service_config import channel_options
 from dualvec.kernel.errors import DualvecError
 from dualvec.kernel.results import DocumentScore, Neighbor, WordVector
@@ -46,13 +47,28 @@ class Client:
     resolving to every replica, ``ipv4:HOST:PORT,HOST:PORT``). Calls are spread over the servers and a call that
     finds its server gone is retried on another, as ``service_config`` says (None: the default of
     dualvec.client.service_config; a dict, JSON text or a JSON file's path; "none": gRPC's defaults).
-    ``timeout``: seconds per call, retries included (None = no deadline)."""
+    ``timeout``: seconds per call, retries included (None = no deadline).
+
+    A server that asks who calls: ``token`` (a bearer token); ``tls_ca`` (the CA of the server's certificate,
+    a PEM file's path or its bytes) connects over TLS; ``tls_cert``/``tls_key`` add this client's certificate
+    (mutual TLS). Over TLS the token goes as call credentials, over plaintext as metadata on each call
+    (dualvec.client.credentials)."""
 
     def __init__(self, address: str = "127.0.0.1:50051", *, timeout: float | None = 10.0, model: str = "",
-                 channel: grpc.Channel | None = None, service_config: str | dict | None = None):
+                 channel: grpc.Channel | None = None, service_config: str | dict | None = None,
+                 token: str | None = None, tls_ca: PemSource = None, tls_cert: PemSource = None,
+                 tls_key: PemSource = None):
         self.address = address
         self.timeout = timeout
         self.model = model
+        self._metadata: tuple[tuple[str, str], ...] | None = None
+        tls = channel_credentials(tls_ca, tls_cert, tls_key) if channel is None else None
+        if tls is not None:
+            if token:
+                tls = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(check_token(token)))
+            channel = grpc.secure_channel(address, tls, options=channel_options(service_config))
+        elif token:  # gRPC sends call credentials over TLS only: here the token rides on each call's metadata
+            self._metadata = token_metadata(token)
         self._channel = channel or grpc.insecure_channel(address, options=channel_options(service_config))
         self._stub = pb_grpc.DualVecStub(self._channel)
 
@@ -67,7 +83,7 @@ class Client:
 
     def _invoke(self, method, request):
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise ClientError(exc.code(), exc.details() or "") from None
 
@@ -150,7 +166,8 @@ class Client:
 
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
-            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout,
+                              metadata=self._metadata)
         except grpc.RpcError as exc:
             raise ClientError(exc.code(), exc.details() or "") from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
