@@ -1,11 +1,13 @@
 """dualvec: serve both embedding spaces (IN and OUT) of a word2vec model.
 
-Import map (see README.md, "Layout"):
-    dualvec.kernel.bundle      the bundle format: the one reader and writer
-    dualvec.kernel.ann         index kinds and how a space is searched with tuned parameters
-    dualvec.indexer     reading models, normalizing, building and tuning indexes
-    dualvec.server      the search core, DESM, and the gRPC servicer
+Import map (see docs/architecture.md):
+    dualvec.kernel      what indexer and server share: bundle format, index kinds, search engine, DESM, truth
+    dualvec.indexer     reading models, normalizing, building and tuning indexes, writing bundles
+    dualvec.server      the gRPC server: a thin servicer over dualvec.kernel, admission, batching, host tuning
     dualvec.client      a typed Python client (``dualvec.Client``)
+    dualvec.wire        the one mapping between kernel types and protobuf messages
+    dualvec.cli         the `dualvec` command
+    dualvec.loadtest    the load tester; dualvec.bench: the benchmark's library
     dualvec.v1          generated protobuf / gRPC code
 """
 from __future__ import annotations

@@ -90,7 +90,7 @@ def evaluate_bundle(bundle: Bundle, cfg: EvaluateConfig) -> dict:
     """Every evaluation of one bundle, as a JSON-able dict."""
     stages = tqdm(total=4, desc=bundle.path.name, unit="stage", disable=cfg.quiet, file=sys.stderr)
     out: dict = {"bundle": str(bundle.path), "name": bundle.path.name, "vocab_size": bundle.vocab_size,
-                 "dim": bundle.dim, "spaces": [s for s in bundle.manifest["spaces"]]}
+                 "dim": bundle.dim, "spaces": list(bundle.manifest.spaces)}
     lower = casefold_index(bundle.vocab.words)
     stages.set_postfix_str("word similarity")
     out["word_similarity"] = {key: word_similarity(bundle, data_path(fname), lower) for key, _, fname in WORD_SETS}
@@ -219,7 +219,7 @@ def analogies(bundle: Bundle, path: Path, cfg: EvaluateConfig) -> dict:
             kinds.append("syntactic" if section.startswith("gram") else "semantic")
     result = {"questions": len(questions), "evaluated": len(known),
               "coverage": len(known) / len(questions) if questions else 0.0, "restrict_vocab": cfg.analogy_restrict,
-              "ann_index": bundle.manifest["indexes"]["in"].get("description", ""),
+              "ann_index": bundle.manifest.indexes["in"].description,
               "ann_params": bundle.tuning(Space.IN, Space.IN).params.to_dict()}
     methods = ("3cosadd", "3cosmul", "3cosadd_ann")
     if not known:
@@ -290,7 +290,7 @@ def document_similarity(bundle: Bundle, documents: Path, judgments: Path) -> dic
     from dualvec.kernel.desm import DesmLimits, DocumentInput, score_documents
 
     texts, gold = read_lee(documents, judgments)
-    tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))
+    tokenizer = Tokenizer.from_dict(bundle.manifest.tokenizer)
     docs = [DocumentInput(str(i), tuple(tokenizer(text))) for i, text in enumerate(texts)]
     n = len(docs)
     upper = np.triu_indices(n, 1)

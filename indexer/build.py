@@ -15,6 +15,7 @@ from dualvec.kernel.ann import IndexSpec, SearchParams, SpaceIndex, build_index,
 from dualvec.kernel.bundle import BundleWriter, hubs_file, index_file, norms_file, vectors_file
 from dualvec.kernel.errors import ModelError
 from dualvec.kernel.hubs import find_hubs, hub_cap
+from dualvec.kernel.manifest import BuildRecord, IndexEntry, Manifest, PairEntry
 from dualvec.kernel.truth import QuerySample, draw_ids, exact_truth, frequency_weights
 from dualvec.indexer.normalize import normalize_rows
 from dualvec.indexer.source_model import SourceModel
@@ -60,7 +61,7 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> dict:
+def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> Manifest:
     """Build a bundle from ``source`` at ``target``; return its manifest. Nothing is left at target on failure."""
     started = time.perf_counter()
     if cfg.threads:
@@ -79,7 +80,7 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> d
         units: dict[Space, np.ndarray] = {}
         indexes: dict[Space, faiss.Index | None] = {}
         specs: dict[Space, IndexSpec] = {}
-        index_meta: dict[str, dict] = {}
+        index_meta: dict[str, IndexEntry] = {}
         for space, raw in spaces_raw.items():
             t0 = time.perf_counter()
             with tqdm(total=n, desc=f"normalize {space.value.upper()}", unit="row", disable=cfg.quiet or None,
@@ -98,11 +99,8 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> d
                 writer.write_index(index_file(space), index)
             units[space], indexes[space], specs[space] = unit, index, spec
             timings[space.value] = round(time.perf_counter() - t0, 3)
-            index_meta[space.value] = {"spec": {"kind": spec.kind, "factory": spec.factory,
-                                                "ef_construction": spec.ef_construction,
-                                                "index_dim": spec.index_dim},
-                                       "description": spec.describe(), "build_seconds": timings[space.value],
-                                       "file": index_file(space) if index is not None else None}
+            index_meta[space.value] = IndexEntry(spec, spec.describe(), timings[space.value],
+                                                 index_file(space) if index is not None else None)
         t_tune = time.perf_counter()
         pairs, hub_arrays = tune_all_pairs(source, units, indexes, cfg)
         for pname, hubs in hub_arrays.items():
@@ -110,35 +108,25 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> d
         timings["tuning"] = round(time.perf_counter() - t_tune, 3)
         if source.docfreq is not None:
             writer.write_docfreq(*source.docfreq)
-        manifest = {
-            "source": source.source,
-            "vocab_size": n,
-            "dim": dim,
-            "spaces": [s.value for s in spaces_raw],
-            "has_out": Space.OUT in spaces_raw,
-            "counts_known": bool(np.any(source.counts)),
-            "indexes": index_meta,
-            "pairs": pairs,
-            "tuning": {"target_recall": cfg.tuning.target_recall, "k": cfg.tuning.k,
-                       "tune_queries": cfg.tuning.tune_queries, "eval_queries": cfg.tuning.eval_queries,
-                       "hub_queries": cfg.tuning.hub_queries, "seed": cfg.tuning.seed},
-            "tokenizer": tokenizer.to_dict(),
-            "build": {"seconds": round(time.perf_counter() - started, 3), "phases": timings,
-                      "peak_memory_mib": round(peak_memory_mib(), 1), "faiss_threads": faiss.omp_get_max_threads(),
-                      "faiss_version": faiss.__version__},
-        }
+        manifest = Manifest(
+            vocab_size=n, dim=dim, spaces=[s.value for s in spaces_raw], indexes=index_meta, files={},
+            source=source.source, pairs=pairs, tuning=cfg.tuning, tokenizer=tokenizer.to_dict(),
+            counts_known=bool(np.any(source.counts)),
+            build=BuildRecord(seconds=round(time.perf_counter() - started, 3), phases=timings,
+                              peak_memory_mib=round(peak_memory_mib(), 1), faiss_threads=faiss.omp_get_max_threads(),
+                              faiss_version=faiss.__version__))
         writer.commit(manifest)
     return writer.manifest  # as written: with format, version, creation time and file checksums
 
 
 def tune_all_pairs(source: SourceModel, units: dict[Space, np.ndarray], indexes: dict[Space, faiss.Index | None],
-                   cfg: BuildConfig) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+                   cfg: BuildConfig) -> tuple[dict[str, PairEntry], dict[str, np.ndarray]]:
     """Tune every pair whose target space has an ANN index; exact spaces get recall 1 by construction."""
     tc = cfg.tuning
     n = len(source.words)
     rng = np.random.default_rng(tc.seed)
     weights = frequency_weights(source.counts)
-    pairs: dict[str, dict] = {}
+    pairs: dict[str, PairEntry] = {}
     hub_arrays: dict[str, np.ndarray] = {}
     samples: dict[Space, dict[str, dict[str, QuerySample]]] = {}
     for space, unit in units.items():
@@ -155,7 +143,7 @@ def tune_all_pairs(source: SourceModel, units: dict[Space, np.ndarray], indexes:
             continue
         pname = pair_name(q, t)
         if indexes[t] is None:
-            pairs[pname] = {"params": {}, "recall_uniform": 1.0, "recall_frequency": 1.0, "exact": True}
+            pairs[pname] = PairEntry(recall_uniform=1.0, recall_frequency=1.0, reached_target=True, exact=True)
             continue
         target = SpaceIndex(units[t], indexes[t])
         log.info("tuning %s: ground truth and hubs", pname.upper())
@@ -171,11 +159,9 @@ def tune_all_pairs(source: SourceModel, units: dict[Space, np.ndarray], indexes:
                 bar.update(1)
             result = tune_pair(target, pname, tune, tune_truth, held, held_truth, tc, progress=report)
         hub_arrays[pname] = hubs  # all of them, so that the pair can be re-tuned without a rebuild
-        pairs[pname] = {"params": result.params.to_dict(), "recall_uniform": round(result.recall_uniform, 4),
-                        "recall_frequency": round(result.recall_frequency, 4),
-                        "reached_target": result.reached_target,
-                        "microseconds_per_query": round(result.microseconds, 1),
-                        "hubs_found": int(len(hubs)), "sweep": result.sweep}
+        pairs[pname] = PairEntry(result.params, round(result.recall_uniform, 4), round(result.recall_frequency, 4),
+                                 result.reached_target, microseconds_per_query=round(result.microseconds, 1),
+                                 hubs_found=int(len(hubs)), sweep=result.sweep)
         if not result.reached_target:
             log.warning("%s: best recall@%d %.3f / %.3f is below the target %.2f", pname.upper(), tc.k,
                         result.recall_uniform, result.recall_frequency, tc.target_recall)

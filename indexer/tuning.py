@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 
 from dualvec.kernel.ann import SearchParams, SpaceIndex, search_sample
+from dualvec.kernel.manifest import TuningConfig
 from dualvec.kernel.truth import QuerySample, Truth, lower_bound, recall, recall_per_query
 
 log = logging.getLogger(__name__)
@@ -25,22 +26,6 @@ log = logging.getLogger(__name__)
 EF_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 RERANK_GRID = (2, 4, 8, 16, 32, 64, 128)
 HUB_GRID = (256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-
-
-@dataclass(frozen=True)
-class TuningConfig:
-    """How tuning samples and what it aims for (all counts are per query distribution)."""
-
-    target_recall: float = 0.95
-    k: int = 10
-    tune_queries: int = 400
-    eval_queries: int = 1000
-    hub_queries: int = 3000
-    hub_depth: int = 50
-    max_hubs: int = 32768
-    margin: float = 0.01
-    timing_queries: int = 256  # a median of 64 was seen 30-50 % off on a shared machine
-    seed: int = 7
 
 
 @dataclass

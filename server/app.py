@@ -1,8 +1,9 @@
 """Building, starting and stopping the gRPC server.
 
 ``start_server`` returns a running server and the port it bound (port 0 picks a free one: tests use that).
-Health turns SERVING only once the bundles are loaded and the port is bound; on SIGTERM or SIGINT health turns
-NOT_SERVING first, new calls are refused, and in-flight calls get a grace period before the process exits 0.
+Health turns SERVING only once the bundles are loaded and the port is bound; on SIGTERM or SIGINT the server
+drains (dualvec.server.draining): health NOT_SERVING at once, calls still answered for ``drain_delay`` seconds,
+then new calls refused and in-flight calls given ``grace_seconds`` before the process exits 0.
 
 Who may call: ``auth_token_file`` (bearer tokens, dualvec.server.auth) and TLS (``tls_cert``/``tls_key``, with
 ``tls_client_ca`` for mutual TLS). SIGHUP calls ``RunningServer.reload`` in every server process: it re-reads the
@@ -29,8 +30,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dualvec.kernel.bundle import read_bundle
+from dualvec.server.host.prefault import prepare_for_serving
 from dualvec.kernel.errors import DualvecError
 from dualvec.server.admission import AdmissionControl
+from dualvec.server.draining import DrainingHealth, ShutdownSignals, check_timings, drain, serve_health_only
 from dualvec.server.auth import TokenAuth, check_tls, read_tokens, tls_server_credentials
 from dualvec.server.metrics import ServerMetrics
 from dualvec.server.host.cpu_affinity import available_cpus, pin_process
@@ -61,7 +64,7 @@ class ServerConfig:
     faiss_threads: int = 1     # per search call: one query with many OpenMP threads is slower than with one
     batch_size: int = 64       # concurrent Search calls answered by one FAISS call (1 = no batching)
     concurrent_batches: int = 2  # FAISS calls running at once (one per core)
-    prefault: bool = True      # map every page of the vectors at load (dualvec.kernel.bundle.prefault_pages)
+    prefault: bool = True      # map every page of the vectors at load (dualvec.server.host.prefault)
     cpus: str = "auto"         # CPUs `dualvec serve` runs on (dualvec.server.host.cpu_affinity)
     processes: int = 0         # server processes on the port, one CPU each; 0 = auto (dualvec.server.host.worker_processes)
     auth_token_file: str | None = None  # bearer tokens, one a line (dualvec.server.auth); None: no token asked
@@ -69,13 +72,16 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None    # PEM CA: clients must present a certificate it signed (mutual TLS)
     metrics_port: int | None = None     # Prometheus /metrics on host:PORT (0: a free port); None: no metrics
+    drain_delay: float = 5.0   # seconds still answering after SIGTERM, health NOT_SERVING (dualvec.server.draining)
+    health_port: int | None = None      # plaintext grpc.health.v1 alone on host:PORT, for probes; None: none
+    max_connection_age: float = 0.0     # seconds before a connection is closed (clients re-resolve); 0: never
 
 
 @dataclass
 class RunningServer:
     server: grpc.Server
     port: int
-    health: health.HealthServicer
+    health: DrainingHealth
     servicer: DualVecServicer
     address: str
     admission: AdmissionControl | None = None
@@ -83,6 +89,8 @@ class RunningServer:
     metrics: ServerMetrics | None = None
     # run by reload() after the token file, in order: a bundle reload plugs in here; each returns True on success
     reloaders: list[Callable[[], bool]] = field(default_factory=list)
+    health_server: grpc.Server | None = None  # the health-only listener (ServerConfig.health_port)
+    health_port: int | None = None
 
     def reload(self) -> bool:
         """What SIGHUP does: re-read the token file, then run the reloaders. A failed step is logged by itself,
@@ -107,8 +115,12 @@ class RunningServer:
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        drain(self, 0.0, 0.0 if grace is None else grace)
+
+    def drain(self, delay: float, grace: float, cut_short: threading.Event | None = None) -> None:
+        """What SIGTERM does (dualvec.server.draining.drain): NOT_SERVING, answer ``delay`` seconds more, then stop
+        with ``grace``."""
+        drain(self, delay, grace, cut_short)
 
 
 def load_engines(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> dict[str, SearchEngine]:
@@ -121,12 +133,14 @@ def load_engines(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> dic
         while name in engines:
             name, i = f"{base}-{i}", i + 1
         started = time.perf_counter()
-        bundle = read_bundle(path, checksums=cfg.checksums, prefault=cfg.prefault)
+        bundle = read_bundle(path, checksums=cfg.checksums)
+        if cfg.prefault:
+            prepare_for_serving(bundle)
         engines[name] = SearchEngine(bundle, limits)
         if metrics is not None:
             metrics.bundle_loaded(name)
         log.info("loaded bundle %s as %r: %d words x %d dims, spaces %s (%.1f s)", bundle.path, name,
-                 bundle.vocab_size, bundle.dim, ",".join(s.upper() for s in bundle.manifest["spaces"]),
+                 bundle.vocab_size, bundle.dim, ",".join(s.upper() for s in bundle.manifest.spaces),
                  time.perf_counter() - started)
     return engines
 
@@ -156,6 +170,7 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
                          options=[("grpc.max_receive_message_length", 64 << 20),
                                   ("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.so_reuseport", 1 if reuse_port else 0),
+                                  *_connection_age_options(cfg),
                                   ("grpc.server.max_pending_requests", admission.backlog_limits[0]),
                                   ("grpc.server.max_pending_requests_hard_limit", admission.backlog_limits[1])])
     servicer = DualVecServicer(engines, batch_size=cfg.batch_size, concurrent_batches=cfg.concurrent_batches)
@@ -165,10 +180,8 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
             batcher.on_batch = metrics.batch_observer(name)
         for name, engine in engines.items():
             metrics.serving(name, engine.bundle.manifest, str(engine.bundle.path))
-    health_servicer = health.HealthServicer()
+    health_servicer = DrainingHealth(("", SERVICE_NAME))  # NOT_SERVING until set_serving()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{cfg.host}:{cfg.port}"
     try:
@@ -178,12 +191,29 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
         raise DualvecError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
         raise DualvecError(f"cannot listen on {address} (in use, or not an address of this machine)")
+    health_server = health_port = None
+    if cfg.health_port is not None:
+        try:
+            health_server, health_port = serve_health_only(health_servicer, f"{cfg.host}:{cfg.health_port}",
+                                                           reuse_port=reuse_port)
+        except RuntimeError as exc:
+            server.stop(0)
+            raise DualvecError(f"--health-port: {exc}") from None
     server.start()
     running = RunningServer(server, port, health_servicer, servicer, f"{cfg.host}:{port}", admission, auth,
-                            metrics)
+                            metrics, health_server=health_server, health_port=health_port)
     if serving:
         running.set_serving()
     return running
+
+
+def _connection_age_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """Close each connection (GOAWAY, calls in flight given the grace period) after ``max_connection_age``
+    seconds, so that clients resolve the target again and find servers added since they connected."""
+    if cfg.max_connection_age <= 0:
+        return []
+    return [("grpc.max_connection_age_ms", int(cfg.max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(cfg.grace_seconds * 1000))]
 
 
 def check_access(cfg: ServerConfig) -> None:
@@ -285,6 +315,7 @@ def serve_forever(cfg: ServerConfig) -> int:
     """`dualvec serve`: check the access options, load, serve until SIGTERM/SIGINT, drain, exit 0. SIGHUP
     reloads (``RunningServer.reload``) in every server process."""
     check_access(cfg)
+    check_timings(cfg.drain_delay, cfg.grace_seconds, cfg.max_connection_age)
     cfg = replace(cfg, processes=resolve_processes(cfg.processes, cfg.cpus, available_cpus()))  # checks --cpus
     _forward_hangup_to_children()  # from now on SIGHUP does not end the server; one process replaces it below
     metrics = ServerMetrics.create(multiprocess=cfg.processes > 1) if cfg.metrics_port is not None else None
@@ -297,15 +328,7 @@ def serve_forever(cfg: ServerConfig) -> int:
 
 def _serve(cfg: ServerConfig, metrics: ServerMetrics | None) -> int:
     """Load, serve until SIGTERM/SIGINT, drain, exit 0."""
-    stop = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum, frame):
-        received.append(signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = ShutdownSignals()
     cfg = replace(cfg, processes=resolve_processes(cfg.processes, cfg.cpus, available_cpus()))  # checks --cpus
     if cfg.processes == 1:
         pin_process(cfg.cpus)  # before any server thread exists: they inherit it
@@ -316,17 +339,15 @@ def _serve(cfg: ServerConfig, metrics: ServerMetrics | None) -> int:
     if cfg.processes > 1:
         if metrics is not None:
             _start_metrics_after_forks(metrics, cfg.host, cfg.metrics_port, cfg.processes)
-        return serve_in_processes(cfg, engines, _child_start_server(metrics), stop, received)
+        return serve_in_processes(cfg, engines, _child_start_server(metrics), signals)
     running = start_server(engines, cfg, metrics=metrics)
     _Hangup().run(running.reload)
     if metrics is not None:
         log.info("metrics on http://%s:%d/metrics", cfg.host, metrics.serve(cfg.host, cfg.metrics_port))
     log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d)",
              ", ".join(engines), running.address, cfg.max_k, cfg.workers, cfg.max_queue)
-    while not stop.wait(0.5):
-        pass
-    name = signal.Signals(received[0]).name if received else "signal"
-    log.info("%s received: NOT_SERVING, draining in-flight calls (grace %.1f s)", name, cfg.grace_seconds)
-    running.stop(cfg.grace_seconds)
+    signals.first.wait()
+    log.info("%s received: draining (delay %.1f s, grace %.1f s)", signals.name, cfg.drain_delay, cfg.grace_seconds)
+    running.drain(cfg.drain_delay, cfg.grace_seconds, signals.again)
     log.info("stopped serving on %s", running.address)
     return 0

@@ -9,7 +9,6 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
-from dualvec.kernel.bundle import space_bytes
 from dualvec.kernel.errors import DeadlineExpired, DualvecError, InvalidArgument, UnknownModel
 from dualvec.server.batching import Batcher
 from dualvec.kernel.desm import DesmLimits, DocumentInput, score_documents
@@ -114,7 +113,7 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         def work():
             engine = self.engine(request.model)
             bundle = engine.bundle
-            tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))
+            tokenizer = Tokenizer.from_dict(bundle.manifest.tokenizer)
             query_tokens = list(request.query_tokens) if len(request.query_tokens) else tokenizer(request.query)
             if not query_tokens:
                 raise InvalidArgument("query", "empty query: give query text or query_tokens")
@@ -139,27 +138,25 @@ class DualVecServicer(pb_grpc.DualVecServicer):
 
 def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits: DesmLimits) -> pb.ModelInfo:
     m = engine.bundle.manifest
-    indexes = []
-    for sname in m["spaces"]:
-        meta = m["indexes"][sname]
-        indexes.append(pb.SpaceIndexInfo(space=space_to_pb(Space(sname)), kind=meta["spec"]["kind"],
-                                         description=meta["description"], bytes=space_bytes(m, sname)))
+    indexes = [pb.SpaceIndexInfo(space=space_to_pb(Space(sname)), kind=m.indexes[sname].spec.kind,
+                                 description=m.indexes[sname].description, bytes=m.space_bytes(sname))
+               for sname in m.spaces]
     pairs = []
     for q, t in ALL_PAIRS:
-        entry = m.get("pairs", {}).get(pair_name(q, t))
+        entry = m.pairs.get(pair_name(q, t))
         if entry is None:
             continue
         pairs.append(pb.PairInfo(query_space=space_to_pb(q), target_space=space_to_pb(t),
-                                 search_params=json.dumps(entry.get("params", {})),
-                                 recall_uniform=entry.get("recall_uniform") or 0.0,
-                                 recall_frequency=entry.get("recall_frequency") or 0.0))
-    src = m.get("source", {})
+                                 search_params=json.dumps(entry.params.to_dict()),
+                                 recall_uniform=entry.recall_uniform or 0.0,
+                                 recall_frequency=entry.recall_frequency or 0.0))
+    src = m.source
     limits = engine.limits
-    return pb.ModelInfo(model=name, vocab_size=m["vocab_size"], dim=m["dim"],
-                        spaces=[space_to_pb(Space(s)) for s in m["spaces"]], indexes=indexes, pairs=pairs,
-                        format_version=m["format_version"], dualvec_version=m["dualvec_version"],
+    return pb.ModelInfo(model=name, vocab_size=m.vocab_size, dim=m.dim,
+                        spaces=[space_to_pb(Space(s)) for s in m.spaces], indexes=indexes, pairs=pairs,
+                        format_version=m.format_version, dualvec_version=m.dualvec_version,
                         source=f"{src.get('kind', '')}: {src.get('path', '')}", source_sha256=src.get("sha256", ""),
-                        tokenizer=json.dumps(m.get("tokenizer", {})), max_k=limits.max_k,
+                        tokenizer=json.dumps(m.tokenizer or {}), max_k=limits.max_k,
                         max_batch=limits.max_batch, max_documents=desm_limits.max_documents,
                         max_document_tokens=desm_limits.max_document_tokens,
                         models=served, has_document_frequencies=engine.bundle.docfreq is not None)

@@ -34,24 +34,24 @@ def test_committed_fixture_stays_small():
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_version1_bundle_manifest_is_read_and_describes_the_bundle(kind, source):
     manifest = read_manifest(FIXTURES / kind)
-    assert manifest["format"] == FORMAT_NAME
-    assert manifest["format_version"] == 1
-    assert manifest["vocab_size"] == len(source["words"]) == 40
-    assert manifest["dim"] == 8
-    assert manifest["spaces"] == ["in", "out"]
-    assert manifest["has_out"] is True
+    assert manifest.format == FORMAT_NAME
+    assert manifest.format_version == 1
+    assert manifest.vocab_size == len(source["words"]) == 40
+    assert manifest.dim == 8
+    assert manifest.spaces == ["in", "out"]
+    assert manifest.has_out is True
     for space in ("in", "out"):
-        spec = manifest["indexes"][space]["spec"]
-        assert spec["kind"] == kind
+        spec = manifest.indexes[space].spec
+        assert spec.kind == kind
         if KINDS[kind]:
-            assert spec["factory"] == KINDS[kind]
-            assert manifest["indexes"][space]["file"] == f"{space}.index.faiss"
-    assert set(manifest["pairs"]) == {pair_name(q, t) for q, t in ALL_PAIRS}
-    for entry in manifest["pairs"].values():
-        assert 0.95 <= entry["recall_uniform"] <= 1.0 and 0.95 <= entry["recall_frequency"] <= 1.0
+            assert spec.factory == KINDS[kind]
+            assert manifest.indexes[space].file == f"{space}.index.faiss"
+    assert set(manifest.pairs) == {pair_name(q, t) for q, t in ALL_PAIRS}
+    for entry in manifest.pairs.values():
+        assert 0.95 <= entry.recall_uniform <= 1.0 and 0.95 <= entry.recall_frequency <= 1.0
     # every file of the bundle is listed with its size and checksum, and nothing else is there
     on_disk = {p.name for p in (FIXTURES / kind).iterdir()} - {"manifest.json"}
-    assert set(manifest["files"]) == on_disk
+    assert set(manifest.files) == on_disk
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -88,8 +88,8 @@ def test_version1_bundle_search_reproduces_the_recorded_recall(kind, source):
         recall = float((got >= truth[:, 9:10] - 1e-4).mean())
         if kind == "flat":
             np.testing.assert_allclose(got, truth, atol=1e-5, err_msg=pname)
-            assert bundle.manifest["pairs"][pname]["exact"] is True
-        assert recall == pytest.approx(bundle.manifest["pairs"][pname]["recall_uniform"], abs=1e-4), pname
+            assert bundle.manifest.pairs[pname].exact is True
+        assert recall == pytest.approx(bundle.manifest.pairs[pname].recall_uniform, abs=1e-4), pname
         assert recall >= 0.95, pname
 
 

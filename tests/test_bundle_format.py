@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualvec.kernel.bundle import BundleWriter, prefault_pages, read_bundle, read_manifest
+from dualvec.kernel.bundle import BundleWriter, read_bundle, read_manifest
 from dualvec.kernel.errors import BundleError
+from dualvec.kernel.manifest import Manifest
+from dualvec.server.host.prefault import prefault_pages, prepare_for_serving
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bundle_v1"
 
@@ -75,20 +77,20 @@ def test_a_missing_file_is_named(bundle_copy, name):
     one_sentence(str(err.value))
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, "1"])
+@pytest.mark.parametrize("version", [0, 3, 99, "1"])
 def test_another_format_version_is_refused_with_a_sentence(bundle_copy, version):
     edit_manifest(bundle_copy, format_version=version)
     with pytest.raises(BundleError) as err:
         read_bundle(bundle_copy)
     message = str(err.value)
     one_sentence(message)
-    assert f"format version {version}" in message and "reads version 1 only" in message
+    assert f"format version {version}" in message and "reads versions 1, 2" in message
     assert "rebuild it with `dualvec build`" in message
 
 
 def test_a_manifest_without_format_version_is_refused(bundle_copy):
     edit_manifest(bundle_copy, format_version=None)
-    with pytest.raises(BundleError, match="reads version 1 only"):
+    with pytest.raises(BundleError, match="reads versions 1, 2"):
         read_manifest(bundle_copy)
 
 
@@ -132,8 +134,8 @@ def test_writer_renames_into_place_only_at_commit(tmp_path):
         writer.write_vocab(["a", "b"], np.array([2, 1], dtype=np.int64))
         assert not target.exists()
         assert writer.tmp.parent == tmp_path and writer.tmp.name.startswith(".new.bundle.partial-")
-        writer.commit({"vocab_size": 2, "dim": 1, "spaces": [], "indexes": {}})
-    assert read_manifest(target)["files"]["vocab.tsv"]["bytes"] == len("a\t2\nb\t1\n")
+        writer.commit(Manifest(vocab_size=2, dim=1, spaces=[], indexes={}, files={}))
+    assert read_manifest(target).files["vocab.tsv"].bytes == len("a\t2\nb\t1\n")
     assert [p.name for p in tmp_path.iterdir()] == ["new.bundle"]
 
 
@@ -153,8 +155,8 @@ def test_writer_keeps_an_existing_target_unless_forced(tmp_path, bundle_copy):
     assert (bundle_copy / "manifest.json").read_bytes() == before
     with BundleWriter(bundle_copy, force=True) as writer:
         writer.write_vocab(["a"], np.array([1], dtype=np.int64))
-        writer.commit({"vocab_size": 1, "dim": 1, "spaces": [], "indexes": {}})
-    assert read_manifest(bundle_copy)["vocab_size"] == 1
+        writer.commit(Manifest(vocab_size=1, dim=1, spaces=[], indexes={}, files={}))
+    assert read_manifest(bundle_copy).vocab_size == 1
     assert sorted(p.name for p in bundle_copy.iterdir()) == ["manifest.json", "vocab.tsv"]
     assert [p.name for p in tmp_path.iterdir()] == ["copy.bundle"]  # no .old-* or .partial-* left
 
@@ -204,6 +206,14 @@ def test_prefault_pages_maps_every_page_of_a_memory_map(tmp_path):
 
 def test_a_prefaulted_bundle_reads_the_same_values(bundle_copy):
     lazy = read_bundle(bundle_copy, checksums=False)
-    eager = read_bundle(bundle_copy, checksums=False, prefault=True)
+    eager = read_bundle(bundle_copy, checksums=False)
+    prepare_for_serving(eager)
     for space in lazy.vectors:
         assert np.array_equal(eager.vectors[space], lazy.vectors[space])
+
+
+def test_a_version_2_manifest_without_its_content_id_is_refused(bundle_copy):
+    edit_manifest(bundle_copy, format_version=2)
+    with pytest.raises(BundleError, match="lacks the field 'content_id' that format version 2 requires") as err:
+        read_bundle(bundle_copy)
+    one_sentence(str(err.value))

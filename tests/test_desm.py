@@ -36,7 +36,7 @@ def gensim_spaces(lee_model):
 
 @pytest.fixture(scope="module")
 def lee_documents(bundle):
-    tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))
+    tokenizer = Tokenizer.from_dict(bundle.manifest.tokenizer)
     lines = Path(datapath("lee.cor")).read_text(encoding="utf-8", errors="replace").splitlines()
     docs = [DocumentInput(f"lee-{i}", tuple(tokenizer(line))) for i, line in enumerate(lines[:25])]
     # unknown words mixed in, a repeated word, a document of unknown words only, an empty one
@@ -181,7 +181,7 @@ def test_bm25_of_documents_without_query_terms_is_zero():
 def test_many_documents_scored_in_one_vectorized_pass(bundle, gensim_spaces):
     """300 documents of the training corpus, each compared with the word-by-word definition."""
     key_to_index, spaces = gensim_spaces
-    tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))
+    tokenizer = Tokenizer.from_dict(bundle.manifest.tokenizer)
     lines = Path(datapath("lee_background.cor")).read_text(encoding="utf-8", errors="replace").splitlines()
     docs = [DocumentInput(str(i), tuple(tokenizer(line))) for i, line in enumerate(lines)]
     query = tokenizer("Palestinian security forces in the West Bank")

@@ -53,7 +53,7 @@ def numpy_desm(bundle, query_tokens, doc_tokens, qspace: Space, dspace: Space):
 @pytest.mark.parametrize("dspace", [Space.OUT, Space.IN], ids=["in-out", "in-in"])
 def test_score_documents_equals_numpy_desm_in_request_order(served, dspace):
     client, bundle = served
-    tok = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))
+    tok = Tokenizer.from_dict(bundle.manifest.tokenizer)
     result = client.score_documents(QUERY, documents=DOCS, document_space=dspace.value)
     assert [s.id for s in result.scores] == [d["id"] for d in DOCS]
     for doc, got in zip(DOCS, result.scores):

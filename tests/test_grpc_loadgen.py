@@ -1,4 +1,4 @@
-"""The benchmark's compiled load generator (scripts/grpc_loadgen.go, driven by scripts/bench_load.py): the request
+"""The benchmark's compiled load generator (dualvec/bench/grpc_loadgen.go, driven by dualvec/bench/load.py): the request
 file round-trips; a machine without Go or grpc-go gets the package to install, not a traceback; where they are
 installed (Debian: golang-go, golang-google-grpc-dev), the generator is built offline and measures a real server
 (every call answered, errors counted by status code, a bad request file refused in one line)."""

@@ -3,6 +3,8 @@ bundles equal numpy brute force on all four pairs, tuned ANN bundles reach the t
 never drew, and a failed or interrupted build leaves nothing behind (and keeps an existing bundle)."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import json
 import shutil
 from pathlib import Path
@@ -93,17 +95,17 @@ def test_exact_bundle_holds_the_model_normalized_in_vocabulary_order(lee_bundle,
     bundle = read_bundle(lee_bundle)
     assert bundle.vocab.words == lee_spaces["words"]
     assert bundle.vocab.counts.tolist() == lee_spaces["counts"].tolist()
-    assert bundle.manifest["spaces"] == ["in", "out"] and bundle.manifest["has_out"] is True
-    assert bundle.manifest["dim"] == 48 and bundle.manifest["vocab_size"] == len(lee_spaces["words"])
-    assert bundle.manifest["source"]["path"] == str(Path(lee_model).absolute())
+    assert bundle.manifest.spaces == ["in", "out"] and bundle.manifest.has_out is True
+    assert bundle.manifest.dim == 48 and bundle.manifest.vocab_size == len(lee_spaces["words"])
+    assert bundle.manifest.source["path"] == str(Path(lee_model).absolute())
     model = Word2Vec.load(str(lee_model))
     for space, raw in ((Space.IN, model.wv.vectors), (Space.OUT, model.syn1neg)):
         assert bundle.vectors[space].dtype == np.float32
         np.testing.assert_allclose(bundle.vectors[space], lee_spaces[space], atol=1e-6)
         np.testing.assert_allclose(bundle.norms[space], np.linalg.norm(raw.astype(np.float64), axis=1), rtol=1e-6)
         assert bundle.spaces[space].exact_only
-    for entry in bundle.manifest["pairs"].values():
-        assert entry["exact"] is True and entry["recall_uniform"] == 1.0
+    for entry in bundle.manifest.pairs.values():
+        assert entry.exact is True and entry.recall_uniform == 1.0
 
 
 @pytest.mark.parametrize("q, t", ALL_PAIRS, ids=[pair_name(q, t) for q, t in ALL_PAIRS])
@@ -136,7 +138,7 @@ def test_building_does_not_touch_the_model(lee_model, tmp_path):
 
 def test_auto_is_exact_for_a_small_vocabulary(tmp_path):
     manifest = build_bundle(synthetic(), tmp_path / "b", BuildConfig(index="auto", quiet=True))
-    assert {m["spec"]["kind"] for m in manifest["indexes"].values()} == {"flat"}
+    assert {m.spec.kind for m in manifest.indexes.values()} == {"flat"}
 
 
 def test_auto_is_a_graph_above_the_exact_limit():
@@ -199,7 +201,7 @@ def test_a_padded_graph_bundle_round_trips_and_answers_exactly(tmp_path):
     source = synthetic(n=2_000, d=12, seed=5)  # 12 dimensions: the SQ8 graph works on 16
     manifest = build_bundle(source, tmp_path / "b", BuildConfig(index="hnsw", quiet=True, tuning=TuningConfig(
         tune_queries=100, eval_queries=100, hub_queries=100)))
-    assert manifest["indexes"]["in"]["spec"]["index_dim"] == 16
+    assert manifest.indexes["in"].spec.index_dim == 16
     bundle = read_bundle(tmp_path / "b")
     space = bundle.spaces[Space.IN]
     assert space.index_dim == 16 and space.dim == 12 and not space.exact_scores
@@ -209,7 +211,7 @@ def test_a_padded_graph_bundle_round_trips_and_answers_exactly(tmp_path):
     query = bundle.vectors[Space.OUT][7]
     for n in got:  # scores are exact cosines of the stored rows, not SQ8 approximations
         assert abs(n.score - float(unit[n.id] @ query)) < 1e-5
-    assert all(p["recall_uniform"] >= TARGET for p in manifest["pairs"].values())
+    assert all(p.recall_uniform >= TARGET for p in manifest.pairs.values())
 
 
 # -------------------------------------------------------------------------------------------------- tuned ANN bundles
@@ -233,16 +235,16 @@ def lee_ivfpq_bundle(lee_model, tmp_path_factory) -> Path:
                                                   ("lee_hnsw_bundle", "hnsw", "ef_search")])
 def test_tuned_recall_is_measured_and_stored_per_pair(request, fixture, kind, param):
     manifest = read_manifest(request.getfixturevalue(fixture))
-    assert manifest["tuning"]["target_recall"] == TARGET and manifest["tuning"]["k"] == K
-    assert {m["spec"]["kind"] for m in manifest["indexes"].values()} == {kind}
-    assert set(manifest["pairs"]) == {pair_name(q, t) for q, t in ALL_PAIRS}
-    for name, entry in manifest["pairs"].items():
-        assert entry["reached_target"] is True, name
-        assert entry["recall_uniform"] >= TARGET and entry["recall_frequency"] >= TARGET, name
-        assert entry["params"][param] >= 1, name
-        assert entry["microseconds_per_query"] > 0 and entry["sweep"], name
-        if entry["params"].get("hubs"):
-            assert f"hubs.{name}.npy" in manifest["files"]
+    assert manifest.tuning.target_recall == TARGET and manifest.tuning.k == K
+    assert {m.spec.kind for m in manifest.indexes.values()} == {kind}
+    assert set(manifest.pairs) == {pair_name(q, t) for q, t in ALL_PAIRS}
+    for name, entry in manifest.pairs.items():
+        assert entry.reached_target is True, name
+        assert entry.recall_uniform >= TARGET and entry.recall_frequency >= TARGET, name
+        assert getattr(entry.params, param) >= 1, name
+        assert entry.microseconds_per_query > 0 and entry.sweep, name
+        if entry.params.hubs:
+            assert f"hubs.{name}.npy" in manifest.files
 
 
 @pytest.mark.parametrize("fixture", ["lee_ivf_bundle", "lee_hnsw_bundle"])
@@ -264,9 +266,9 @@ def test_tuned_recall_reaches_the_target_on_queries_the_build_never_drew(request
         measured = {"uniform sample": every[uniform].mean(), "frequency sample": every[by_frequency].mean(),
                     "all words": every.mean(), "all words by count": float(every @ weights)}
         report[name] = {k: round(float(v), 4) for k, v in measured.items()}
-        stored = bundle.manifest["pairs"][name]
-        assert abs(stored["recall_uniform"] - measured["all words"]) < 0.03, (name, stored, measured)
-        assert abs(stored["recall_frequency"] - measured["all words by count"]) < 0.03, (name, stored, measured)
+        stored = bundle.manifest.pairs[name]
+        assert abs(stored.recall_uniform - measured["all words"]) < 0.03, (name, stored, measured)
+        assert abs(stored.recall_frequency - measured["all words by count"]) < 0.03, (name, stored, measured)
     failing = {name: r for name, r in report.items() if min(r.values()) < TARGET}
     assert not failing, f"recall@10 below {TARGET}: {failing}"
 
@@ -280,19 +282,19 @@ def test_compressed_index_records_its_recall_honestly(lee_ivfpq_bundle, lee_spac
     n = bundle.vocab_size
     weights = lee_spaces["counts"] / lee_spaces["counts"].sum()
     for q, t in ALL_PAIRS:
-        entry = bundle.manifest["pairs"][pair_name(q, t)]
+        entry = bundle.manifest.pairs[pair_name(q, t)]
         every = recall_per_query(bundle, lee_spaces, q, t, np.arange(n))
-        assert abs(entry["recall_uniform"] - every.mean()) < 0.03, (pair_name(q, t), entry)
-        assert abs(entry["recall_frequency"] - float(every @ weights)) < 0.03, (pair_name(q, t), entry)
-        if entry["reached_target"]:
-            assert min(entry["recall_uniform"], entry["recall_frequency"]) >= TARGET
-        assert entry["params"]["nprobe"] >= 1 and entry["params"]["rerank"] >= 1
+        assert abs(entry.recall_uniform - every.mean()) < 0.03, (pair_name(q, t), entry)
+        assert abs(entry.recall_frequency - float(every @ weights)) < 0.03, (pair_name(q, t), entry)
+        if entry.reached_target:
+            assert min(entry.recall_uniform, entry.recall_frequency) >= TARGET
+        assert entry.params.nprobe >= 1 and entry.params.rerank >= 1
 
 
 def test_compressed_index_returns_exact_cosines_after_reranking(lee_ivfpq_bundle, lee_spaces):
     """PQ codes give approximate scores; every score served must still be the exact cosine of the word returned."""
     bundle = read_bundle(lee_ivfpq_bundle)
-    assert "PQ" in bundle.manifest["indexes"]["out"]["spec"]["factory"]
+    assert "PQ" in bundle.manifest.indexes["out"].spec.factory
     ids = np.arange(0, bundle.vocab_size, 37)
     for q, t in ALL_PAIRS:
         assert bundle.tuning(q, t).params.rerank >= 1
@@ -305,9 +307,9 @@ def test_compressed_index_returns_exact_cosines_after_reranking(lee_ivfpq_bundle
 def test_factory_string_and_ivf_list_limits(tmp_path):
     manifest = build_bundle(synthetic(), tmp_path / "f", BuildConfig(
         index="IVF16,Flat", quiet=True, tuning=TuningConfig(tune_queries=100, eval_queries=100, hub_queries=100)))
-    assert manifest["indexes"]["in"]["spec"] == {"kind": "ivf", "factory": "IVF16,Flat", "ef_construction": 0,
+    assert asdict(manifest.indexes["in"].spec) == {"kind": "ivf", "factory": "IVF16,Flat", "ef_construction": 0,
                                                 "index_dim": 0}
-    assert all(p["recall_uniform"] >= TARGET for p in manifest["pairs"].values())
+    assert all(p.recall_uniform >= TARGET for p in manifest.pairs.values())
     with pytest.raises(ModelError, match="wants 4096 lists but the space has only 300 rows"):
         build_bundle(synthetic(), tmp_path / "g", BuildConfig(index="IVF4096,Flat", quiet=True))
     with pytest.raises(ModelError, match="is not 'auto', 'flat', 'hnsw', 'ivf' or a valid FAISS factory string"):
@@ -320,9 +322,9 @@ def test_factory_string_and_ivf_list_limits(tmp_path):
 def test_in_only_bundle_says_it_has_no_out(lee_model, tmp_path):
     path = tmp_path / "in-only.bundle"
     manifest = build_bundle(read_model(lee_model), path, BuildConfig(index="flat", in_only=True, quiet=True))
-    assert manifest["spaces"] == ["in"] and manifest["has_out"] is False
-    assert set(manifest["pairs"]) == {"in-in"}
-    assert not any(name.startswith("out.") for name in manifest["files"])
+    assert manifest.spaces == ["in"] and manifest.has_out is False
+    assert set(manifest.pairs) == {"in-in"}
+    assert not any(name.startswith("out.") for name in manifest.files)
     bundle = read_bundle(path)
     assert bundle.has_space(Space.IN) and not bundle.has_space(Space.OUT)
     summary = bundle_summary(bundle)
@@ -394,7 +396,7 @@ def test_an_existing_target_is_kept_unless_force(tmp_path):
     first = build_bundle(synthetic(seed=1), target, BuildConfig(index="flat", quiet=True))
     with pytest.raises(BundleError, match="already exists; pass --force to replace it"):
         build_bundle(synthetic(seed=2), target, BuildConfig(index="flat", quiet=True))
-    assert read_manifest(target)["created"] == first["created"]
+    assert read_manifest(target).created == first.created
     np.testing.assert_allclose(read_bundle(target).vectors[Space.IN], unit(synthetic(seed=1).in_vectors), atol=1e-6)
     build_bundle(synthetic(seed=2), target, BuildConfig(index="flat", quiet=True, force=True))
     np.testing.assert_allclose(read_bundle(target).vectors[Space.IN], unit(synthetic(seed=2).in_vectors), atol=1e-6)
@@ -403,22 +405,22 @@ def test_an_existing_target_is_kept_unless_force(tmp_path):
 
 
 def test_manifest_records_source_sizes_phases_and_checksums(lee_ivf_bundle):
-    manifest = json.loads((lee_ivf_bundle / "manifest.json").read_text())
-    assert manifest["format"] == "dualvec-bundle" and manifest["format_version"] == 1
-    assert manifest["source"]["kind"] == "gensim" and len(manifest["source"]["sha256"]) == 64
-    assert manifest["build"]["seconds"] > 0 and manifest["build"]["peak_memory_mib"] > 0
-    assert {"in", "out", "tuning"} <= set(manifest["build"]["phases"])
-    for name, meta in manifest["files"].items():
-        assert (lee_ivf_bundle / name).stat().st_size == meta["bytes"] and len(meta["sha256"]) == 64
+    manifest = read_manifest(lee_ivf_bundle)
+    assert manifest.format == "dualvec-bundle" and manifest.format_version == 2 and len(manifest.content_id) == 64
+    assert manifest.source["kind"] == "gensim" and len(manifest.source["sha256"]) == 64
+    assert manifest.build.seconds > 0 and manifest.build.peak_memory_mib > 0
+    assert {"in", "out", "tuning"} <= set(manifest.build.phases)
+    for name, meta in manifest.files.items():
+        assert (lee_ivf_bundle / name).stat().st_size == meta.bytes and len(meta.sha256) == 64
     assert {"vocab.tsv", "in.vectors.npy", "out.vectors.npy", "in.norms.npy", "out.norms.npy", "in.index.faiss",
-            "out.index.faiss"} <= set(manifest["files"])
+            "out.index.faiss"} <= set(manifest.files)
 
 
 def test_a_copy_of_a_bundle_reads_anywhere(lee_ivf_bundle, tmp_path):
     copy = tmp_path / "moved.bundle"
     shutil.copytree(lee_ivf_bundle, copy)
     bundle = read_bundle(copy)
-    assert bundle.path == copy and bundle.vocab_size == read_manifest(lee_ivf_bundle)["vocab_size"]
+    assert bundle.path == copy and bundle.vocab_size == read_manifest(lee_ivf_bundle).vocab_size
 
 
 def test_tuning_re_ranks_the_fewest_candidates_that_keep_recall_whatever_the_timings_say(monkeypatch):

@@ -217,7 +217,7 @@ def test_train_then_build_then_info_json(inputs, tmp_path):
     info = json.loads(dualvec("info", bundle, "--json").stdout)
     assert info["vocab_size"] == len(gensim_model.wv) and info["dim"] == 16
     assert info["spaces"] == ["in", "out"] and info["has_out"] is True
-    assert info["format_version"] == 1 and info["source"]["class"] == "Word2Vec"
+    assert info["format_version"] == 2 and info["source"]["class"] == "Word2Vec"
     assert {s["kind"] for s in info["indexes"].values()} == {"ivf"}
     assert set(info["pairs"]) == {"in-in", "in-out", "out-in", "out-out"}
     for name, pair in info["pairs"].items():
@@ -250,7 +250,7 @@ def test_info_refuses_a_damaged_bundle_in_one_line(small_bundle, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = 7
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    assert_one_error_line(dualvec("info", copy), "info", "bundle format version 7", "reads version 1 only")
+    assert_one_error_line(dualvec("info", copy), "info", "bundle format version 7", "reads versions 1, 2")
     assert_one_error_line(dualvec("info", tmp_path / "nothing"), "info", "does not exist")
 
 

@@ -275,7 +275,7 @@ def test_word2vec_pair_round_trips_and_builds_the_model_normalized(tmp_path, ns_
     bundle_path = tmp_path / "pair.bundle"
     build_bundle(source, bundle_path, BuildConfig(index="flat", quiet=True))
     bundle = read_bundle(bundle_path)
-    assert bundle.vocab.words == words and bundle.manifest["spaces"] == ["in", "out"]
+    assert bundle.vocab.words == words and bundle.manifest.spaces == ["in", "out"]
     np.testing.assert_allclose(bundle.vectors[Space.IN], unit(model.wv.vectors), atol=1e-6)
     np.testing.assert_allclose(bundle.vectors[Space.OUT], unit(model.syn1neg), atol=1e-6)
     np.testing.assert_allclose(bundle.norms[Space.OUT], np.linalg.norm(model.syn1neg, axis=1), rtol=1e-5)

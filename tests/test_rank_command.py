@@ -52,7 +52,7 @@ def test_rank_with_bundle_orders_by_desm_in_out_and_shows_every_column(capsys, l
 def test_rank_scores_are_score_documents_scores(capsys, lee_bundle, docs_jsonl):
     out = run_json(capsys, QUERY, str(docs_jsonl), "--bundle", str(lee_bundle))
     bundle = read_bundle(lee_bundle)
-    tokenizer = Tokenizer.from_dict(bundle.manifest["tokenizer"])
+    tokenizer = Tokenizer.from_dict(bundle.manifest.tokenizer)
     rows = [json.loads(line) for line in docs_jsonl.read_text().splitlines() if line.strip()]
     inputs = [DocumentInput(r["id"], tuple(r["tokens"]) if "tokens" in r else tuple(tokenizer(r["text"])))
               for r in rows]

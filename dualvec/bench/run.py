@@ -15,14 +15,14 @@ query's median time goes: the bare gRPC call, the engine's search, the rest):
               the FAISS index alone; server memory (RSS, USS).
   throughput  gRPC at 1, 8 and 32 concurrent closed-loop clients, from Python clients (spread over processes)
               and, where Go and grpc-go are installed, from a compiled load generator that leaves the CPUs to the
-              server (scripts/grpc_loadgen.go); the same FAISS indexes in-process: threads calling
+              server (dualvec/bench/grpc_loadgen.go); the same FAISS indexes in-process: threads calling
               SpaceIndex.search one query at a time, and batches of 64.
   sweep       nprobe / efSearch around each pair's tuned value: recall vs latency (the plot).
   peers       gensim most_similar (IN->IN), hnswlib tuned to dualvec's recall per pair, Qdrant local mode with
               named vectors "in"/"out" (all four pairs; capped by --peer-sample): ratios to dualvec.
 
 Build time, bundle size and the build's peak memory come from the bundle's manifest. Measuring is in
-bench_measure.py and bench_load.py, the peers' adapters in bench_peers.py, table/JSON/plot in bench_report.py.
+dualvec.bench.measure and dualvec.bench.load, the peers' adapters in dualvec.bench.peers, table/JSON/plot in dualvec.bench.report.
 """
 from __future__ import annotations
 
@@ -177,6 +177,7 @@ class Bench:
         import numpy as np
 
         from dualvec.kernel.bundle import read_bundle
+        from dualvec.server.host.prefault import prepare_for_serving
         import dualvec.bench.measure as M
 
         self.cfg, self.np, self.faiss, self.M = cfg, np, faiss, M
@@ -187,18 +188,19 @@ class Bench:
                                          "others_cpu_share": {}, "steal_cpu_share": {}}, "problems": []}
         self.server = None
         with self.phase("load bundle and ground truth"):
-            self.bundle = read_bundle(cfg.bundle, checksums=False, prefault=True)  # as the server reads it
+            self.bundle = read_bundle(cfg.bundle, checksums=False)
+            prepare_for_serving(self.bundle)  # as the server readies it
             b = self.bundle
             self.pairs = [p for p in ("in-in", "in-out", "out-in", "out-out")
                           if all(b.has_space(s) for s in _spaces(p))]
             self.qids = M.draw_queries(b, cfg.queries, cfg.seed)
             self.truth = self.compute_truth(self.qids)
             self.result["bundle"] = {
-                "path": str(b.path), "vocab_size": b.vocab_size, "dim": b.dim, "spaces": b.manifest["spaces"],
-                "indexes": {s: b.manifest["indexes"][s]["description"] for s in b.manifest["spaces"]},
-                "tuned": {p: b.manifest.get("pairs", {}).get(p, {}).get("params", {}) for p in self.pairs},
-                "tuned_recall": {p: {d: b.manifest.get("pairs", {}).get(p, {}).get(f"recall_{d}") for d in
-                                     ("uniform", "frequency")} for p in self.pairs}}
+                "path": str(b.path), "vocab_size": b.vocab_size, "dim": b.dim, "spaces": b.manifest.spaces,
+                "indexes": {s: b.manifest.indexes[s].description for s in b.manifest.spaces},
+                "tuned": {p: b.pair_tuning(p).params.to_dict() for p in self.pairs},
+                "tuned_recall": {p: {"uniform": b.pair_tuning(p).recall_uniform,
+                                     "frequency": b.pair_tuning(p).recall_frequency} for p in self.pairs}}
 
     # ------------------------------------------------------------------------------------------------ plumbing
     @contextmanager
@@ -342,22 +344,22 @@ class Bench:
 
     def build_info(self) -> None:
         m, b = self.bundle.manifest, self.bundle
-        build = m.get("build", {})
+        build = m.build
         by_kind: dict[str, int] = {}
         for f in Path(b.path).iterdir():
             if f.is_file():
                 kind = ("index" if f.name.endswith(".faiss") else "vectors" if ".vectors." in f.name else
                         "hubs" if f.name.startswith("hubs.") else "other")
                 by_kind[kind] = by_kind.get(kind, 0) + f.stat().st_size
-        per_space = {s: float(m["indexes"][s].get("build_seconds") or 0) for s in m["spaces"]}
-        src = m.get("source", {}).get("path", "MODEL")
-        factory = {s: m["indexes"][s]["spec"].get("factory") or m["indexes"][s]["spec"]["kind"] for s in m["spaces"]}
+        per_space = {s: float(m.indexes[s].build_seconds or 0) for s in m.spaces}
+        src = m.source.get("path", "MODEL")
+        factory = {s: m.indexes[s].spec.factory or m.indexes[s].spec.kind for s in m.spaces}
         index_opt = next(iter(factory.values()))
         self.result["build"] = {
-            "seconds": float(build.get("seconds") or 0), "per_space_seconds": per_space,
+            "seconds": float(build.seconds or 0), "per_space_seconds": per_space,
             "index_seconds": sum(per_space.values()),
-            "tuning_seconds": float(build.get("phases", {}).get("tuning") or 0),
-            "peak_memory_mib": build.get("peak_memory_mib"), "faiss_threads": build.get("faiss_threads"),
+            "tuning_seconds": float(build.phases.get("tuning") or 0),
+            "peak_memory_mib": build.peak_memory_mib, "faiss_threads": build.faiss_threads,
             "bundle_bytes": self.M.directory_bytes(b.path), "bytes_by_kind": by_kind,
             "command": f"dualvec info {shlex.quote(str(b.path))}   (built by: dualvec build {shlex.quote(src)} -o "
                        f"{shlex.quote(str(b.path))} --index {shlex.quote(index_opt)})"}

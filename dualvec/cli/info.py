@@ -1,33 +1,33 @@
 """What `dualvec info` and GetInfo report about a bundle."""
 from __future__ import annotations
 
-from dualvec.kernel.bundle import Bundle, bundle_size, space_bytes
+from dataclasses import asdict
+
+from dualvec.kernel.bundle import Bundle, bundle_size
 from dualvec.kernel.spaces import ALL_PAIRS, pair_name
 
 
 def bundle_summary(bundle: Bundle) -> dict:
     """A JSON-able summary: vocabulary, dimension, spaces, index per space, tuned recall per pair, sizes."""
     m = bundle.manifest
-    files = m["files"]
-    spaces = {}
-    for name in m["spaces"]:
-        meta = m["indexes"][name]
-        spaces[name] = {"index": meta["description"], "kind": meta["spec"]["kind"],
-                        "build_seconds": meta.get("build_seconds"), "bytes": space_bytes(m, name)}
+    spaces = {name: {"index": m.indexes[name].description, "kind": m.indexes[name].spec.kind,
+                     "build_seconds": m.indexes[name].build_seconds, "bytes": m.space_bytes(name)}
+              for name in m.spaces}
     pairs = {}
     for q, t in ALL_PAIRS:
-        entry = m.get("pairs", {}).get(pair_name(q, t))
+        entry = m.pairs.get(pair_name(q, t))
         if entry is not None:
-            pairs[pair_name(q, t)] = {k: entry.get(k) for k in ("params", "recall_uniform", "recall_frequency",
-                                                                 "microseconds_per_query", "exact")
-                                      if entry.get(k) is not None}
-    top = bundle.vocab.words[:8]
-    return {"path": str(bundle.path), "format_version": m["format_version"], "dualvec_version": m["dualvec_version"],
-            "created": m.get("created"), "source": m["source"], "vocab_size": m["vocab_size"], "dim": m["dim"],
-            "spaces": m["spaces"], "has_out": "out" in m["spaces"], "counts_known": m.get("counts_known"),
-            "most_frequent": top, "indexes": spaces, "pairs": pairs, "tokenizer": m.get("tokenizer"),
-            "document_frequencies": "docfreq.tsv" in files, "build": m.get("build"),
-            "bytes": bundle_size(bundle.path)}
+            pairs[pair_name(q, t)] = {k: v for k, v in (
+                ("params", entry.params.to_dict()), ("recall_uniform", entry.recall_uniform),
+                ("recall_frequency", entry.recall_frequency),
+                ("microseconds_per_query", entry.microseconds_per_query), ("exact", entry.exact or None))
+                if v is not None}
+    return {"path": str(bundle.path), "format_version": m.format_version, "dualvec_version": m.dualvec_version,
+            "created": m.created, "content_id": m.content_id or None, "source": m.source,
+            "vocab_size": m.vocab_size, "dim": m.dim, "spaces": m.spaces, "has_out": m.has_out,
+            "counts_known": m.counts_known, "most_frequent": bundle.vocab.words[:8], "indexes": spaces,
+            "pairs": pairs, "tokenizer": m.tokenizer, "document_frequencies": "docfreq.tsv" in m.files,
+            "build": asdict(m.build), "bytes": bundle_size(bundle.path)}
 
 
 def _mib(n: int) -> str:
@@ -43,7 +43,7 @@ def format_summary(s: dict) -> str:
              f"spaces      {', '.join(x.upper() for x in s['spaces'])}"
              + ("" if s["has_out"] else "   (IN only: no OUT space)"),
              f"size        {_mib(s['bytes'])}"]
-    if s.get("build"):
+    if s.get("build") and s["build"].get("seconds"):
         lines.append(f"built in    {s['build']['seconds']:.1f} s, peak memory {s['build']['peak_memory_mib']:,.0f} MiB")
     lines.append("")
     lines.append(f"{'space':<6} {'index':<40} {'build s':>8} {'size':>14}")

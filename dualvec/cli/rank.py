@@ -139,7 +139,7 @@ def score_locally(cfg: RankConfig, documents: Sequence[Document]):
     from dualvec.kernel.tokenizer import Tokenizer
 
     bundle = read_bundle(cfg.bundle)
-    tokenizer = Tokenizer.from_dict(bundle.manifest.get("tokenizer"))
+    tokenizer = Tokenizer.from_dict(bundle.manifest.tokenizer)
     query_tokens = tokenizer(cfg.query)
     inputs = [DocumentInput(d.id, d.tokens if d.tokens is not None else tuple(tokenizer(d.text))) for d in documents]
     # the server's limits protect a shared process; here the user's own file is scored whatever its size

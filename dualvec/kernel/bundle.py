@@ -23,21 +23,18 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
-from mmap import PAGESIZE
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from dualvec import __version__
-from dualvec.kernel.ann import IndexSpec, SearchParams, SpaceIndex
+from dualvec.kernel.ann import SearchParams, SpaceIndex
 from dualvec.kernel.errors import BundleError
-from dualvec.server.host.huge_pages import use_huge_pages
+from dualvec.kernel.manifest import (FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, FileEntry, Manifest,
+                                     canonical_sha256)
 from dualvec.kernel.spaces import Space, pair_name
-
-FORMAT_NAME = "dualvec-bundle"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VOCAB = "vocab.tsv"
 DOCFREQ = "docfreq.tsv"
@@ -91,8 +88,8 @@ class BundleWriter:
             raise BundleError(f"{self.target} exists and is not a dualvec bundle; refusing to replace it")
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
-        self.files: dict[str, dict] = {}
-        self.manifest: dict | None = None  # the full manifest, once committed
+        self.files: dict[str, FileEntry] = {}
+        self.manifest: Manifest | None = None  # the full manifest, once committed
         self._committed = False
 
     def __enter__(self) -> "BundleWriter":
@@ -104,7 +101,7 @@ class BundleWriter:
 
     def _record(self, name: str) -> None:
         path = self.tmp / name
-        self.files[name] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+        self.files[name] = FileEntry(path.stat().st_size, sha256_of(path))
 
     def write_vocab(self, words: list[str], counts: np.ndarray) -> None:
         """words: n strings without tab or newline; counts: (n,) int64."""
@@ -128,14 +125,14 @@ class BundleWriter:
                 fh.write(f"{token}\t{df}\n")
         self._record(DOCFREQ)
 
-    def commit(self, manifest: dict) -> Path:
-        """Write the manifest (adding format, version and checksums) and move the bundle into place."""
-        full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dualvec_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **manifest,
-                "files": dict(sorted(self.files.items()))}
+    def commit(self, manifest: Manifest) -> Path:
+        """Complete the manifest (format, version, creation time, every file's checksum, content_id), write it, and
+        move the bundle into place."""
+        full = replace(manifest, format=FORMAT_NAME, format_version=FORMAT_VERSION, dualvec_version=__version__,
+                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files=dict(self.files)).sealed()
         self.manifest = full
         with open(self.tmp / MANIFEST, "w", encoding="utf-8") as fh:
-            json.dump(full, fh, indent=2, sort_keys=False)
+            json.dump(full.to_dict(), fh, indent=2, ensure_ascii=False)
             fh.write("\n")
         old = None
         if self.target.exists():
@@ -186,7 +183,7 @@ class Bundle:
     """A bundle read from disk: vocabulary, per-space unit vectors, norms and searchable indexes."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     vocab: Vocabulary
     vectors: dict[Space, np.ndarray]   # (n, d) float32 unit rows, memory-mapped
     norms: dict[Space, np.ndarray]     # (n,) float32
@@ -196,7 +193,7 @@ class Bundle:
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        return self.manifest.dim
 
     @property
     def vocab_size(self) -> int:
@@ -213,8 +210,9 @@ class Bundle:
         return self.pairs.get(pair, UNTUNED)
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
-    """Read and check a bundle's manifest (format name and version) without loading anything else."""
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and check a bundle's manifest (format, version, fields, and from version 2 its own content_id) without
+    loading anything else. Raises BundleError with a sentence naming what is wrong."""
     path = Path(path)
     if not path.exists():
         raise BundleError(f"bundle {path} does not exist")
@@ -224,32 +222,35 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not mpath.exists():
         raise BundleError(f"{path} is not a dualvec bundle: {MANIFEST} is missing")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise BundleError(f"{mpath} is not a dualvec bundle manifest (format is {manifest.get('format')!r})"
-                          if isinstance(manifest, dict) else f"{mpath} is not a dualvec bundle manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        found = raw.get("format") if isinstance(raw, dict) else None
+        raise BundleError(f"{mpath} is not a dualvec bundle manifest (format is {found!r})")
+    version = raw.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise BundleError(f"{path} has bundle format version {version}; this dualvec ({__version__}) reads "
-                          f"version {FORMAT_VERSION} only: rebuild it with `dualvec build`")
-    for key in ("vocab_size", "dim", "spaces", "indexes", "files"):
-        if key not in manifest:
-            raise BundleError(f"{mpath} lacks the field {key!r}")
-    return manifest
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}: rebuild it with `dualvec build`")
+    if version >= 2:
+        stored = raw.get("content_id")
+        if not stored:
+            raise BundleError(f"{mpath} lacks the field 'content_id' that format version {version} requires")
+        if canonical_sha256({k: v for k, v in raw.items() if k != "content_id"}) != stored:
+            raise BundleError(f"bundle {path} is damaged: {MANIFEST} does not match its content_id")
+    return Manifest.from_dict(raw, str(mpath))
 
 
-def verify_files(path: Path, manifest: dict, *, checksums: bool = True) -> None:
+def verify_files(path: Path, manifest: Manifest, *, checksums: bool = True) -> None:
     """Check every file the manifest lists: present, of the recorded size, and (checksums=True) of its sha256."""
-    for name, meta in manifest["files"].items():
+    for name, meta in manifest.files.items():
         fpath = path / name
         if not fpath.exists():
             raise BundleError(f"bundle {path} is incomplete: {name} is missing")
         size = fpath.stat().st_size
-        if size != meta["bytes"]:
-            raise BundleError(f"bundle {path} is damaged: {name} has {size} bytes, the manifest says {meta['bytes']}")
-        if checksums and sha256_of(fpath) != meta["sha256"]:
+        if size != meta.bytes:
+            raise BundleError(f"bundle {path} is damaged: {name} has {size} bytes, the manifest says {meta.bytes}")
+        if checksums and sha256_of(fpath) != meta.sha256:
             raise BundleError(f"bundle {path} is damaged: {name} fails its sha256 checksum")
 
 
@@ -269,36 +270,30 @@ def read_vocab(path: Path) -> Vocabulary:
     return Vocabulary(words, np.asarray(counts, dtype=np.int64))
 
 
-def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool = True,
-                prefault: bool = False) -> Bundle:
+def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool = True) -> Bundle:
     """Load a bundle. Vectors are memory-mapped (mmap=True); IVF and flat indexes are mapped too where FAISS
-    can. prefault: ready the memory for serving now: every page of the vectors mapped into this process
-    (``prefault_pages``) and an in-memory graph moved to huge pages where the kernel allows
-    (``dualvec.server.host.huge_pages``): what a server wants, a one-shot command does not. Raises BundleError naming what
-    is wrong (missing, wrong version, damaged)."""
+    can. Readying the memory for serving (prefaulting, huge pages) is the server's business
+    (dualvec.server.host.prefault). Raises BundleError naming what is wrong (missing, wrong version, damaged)."""
     path = Path(path).absolute()
     manifest = read_manifest(path)
     verify_files(path, manifest, checksums=checksums)
     vocab = read_vocab(path / VOCAB)
-    if len(vocab) != manifest["vocab_size"]:
-        raise BundleError(f"bundle {path}: vocab.tsv has {len(vocab)} words, the manifest says "
-                          f"{manifest['vocab_size']}")
+    n, dim = manifest.vocab_size, manifest.dim
+    if len(vocab) != n:
+        raise BundleError(f"bundle {path}: vocab.tsv has {len(vocab)} words, the manifest says {n}")
     vectors: dict[Space, np.ndarray] = {}
     norms: dict[Space, np.ndarray] = {}
     spaces: dict[Space, SpaceIndex] = {}
-    for name in manifest["spaces"]:
+    for name in manifest.spaces:
         space = Space(name)
         vec = np.load(path / vectors_file(space), mmap_mode="r" if mmap else None, allow_pickle=False)
-        if vec.shape != (manifest["vocab_size"], manifest["dim"]) or vec.dtype != np.float32:
+        if vec.shape != (n, dim) or vec.dtype != np.float32:
             raise BundleError(f"bundle {path}: {vectors_file(space)} is {vec.shape} {vec.dtype}, expected "
-                              f"({manifest['vocab_size']}, {manifest['dim']}) float32")
+                              f"({n}, {dim}) float32")
         # a plain ndarray view of the map: row gathers skip np.memmap's per-result bookkeeping (2x faster)
-        vec = np.asarray(vec)
-        if mmap and prefault:
-            prefault_pages(vec)
-        vectors[space] = vec
+        vectors[space] = np.asarray(vec)
         norms[space] = np.load(path / norms_file(space), allow_pickle=False)
-        spec = IndexSpec(**manifest["indexes"][name]["spec"])
+        spec = manifest.indexes[name].spec
         index = None
         if spec.kind != "flat":
             ipath = str(path / index_file(space))
@@ -307,38 +302,22 @@ def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool =
             except RuntimeError:
                 index = faiss.read_index(ipath)  # index types FAISS cannot map are read into memory
             _no_prefetch_threads(index)
-            if prefault:
-                use_huge_pages(index)
-            expected = max(manifest["dim"], spec.index_dim)
+            expected = max(dim, spec.index_dim)
             if index.d != expected:
                 raise BundleError(f"bundle {path}: {index_file(space)} works in {index.d} dimensions, expected "
-                                  f"{expected} (the manifest's dim {manifest['dim']}, index_dim {spec.index_dim})")
-        spaces[space] = SpaceIndex(vec, index)
+                                  f"{expected} (the manifest's dim {dim}, index_dim {spec.index_dim})")
+        spaces[space] = SpaceIndex(vectors[space], index)
     pairs: dict[str, PairTuning] = {}
-    for pname, entry in manifest.get("pairs", {}).items():
-        params = SearchParams.from_dict(entry.get("params", {}))
-        pairs[pname] = PairTuning(params, entry.get("recall_uniform"), entry.get("recall_frequency"))
+    for pname, entry in manifest.pairs.items():
+        pairs[pname] = PairTuning(entry.params, entry.recall_uniform, entry.recall_frequency)
         target = Space(pname.split("-")[1])
         hub_name = hubs_file(pname)
-        if hub_name in manifest["files"] and target in spaces:
+        if hub_name in manifest.files and target in spaces:
             spaces[target].hubs.set(pname, np.load(path / hub_name, allow_pickle=False))
     docfreq = None
-    if DOCFREQ in manifest["files"]:
+    if DOCFREQ in manifest.files:
         docfreq = read_docfreq(path / DOCFREQ)
     return Bundle(path, manifest, vocab, vectors, norms, spaces, pairs, docfreq)
-
-
-def prefault_pages(array: np.ndarray) -> None:
-    """Read one byte of every page of a memory-mapped array, so that every page is in the page cache and mapped
-    in this process's page tables before the first query.
-
-    A query reads its own row and the rows of its re-ranked candidates, scattered over the whole matrix. Left to
-    fault in on first touch, those reads cost a page fault each: measured at 1M x 300 (HNSW over SQ8, after 2,000
-    warm-up queries per pair) 59 instead of 12 us to prepare a one-word query, and 349 instead of 202 us (IN->OUT)
-    or 1,019 instead of 578 us (IN->IN) to search. The pages stay shared page cache: clean, and reclaimable by the
-    kernel under memory pressure (they then fault in again)."""
-    flat = array.reshape(-1).view(np.uint8)
-    flat[::PAGESIZE].sum(dtype=np.uint64)  # the reads are the point; the sum is thrown away
 
 
 def _no_prefetch_threads(index: faiss.Index) -> None:
@@ -364,11 +343,6 @@ def read_docfreq(path: Path) -> tuple[int, dict[str, int]]:
             else:
                 freqs[token] = int(df)
     return n_docs, freqs
-
-
-def space_bytes(manifest: dict, space: str) -> int:
-    """Bytes on disk of one space's files (vectors, norms, index), from the manifest."""
-    return sum(meta["bytes"] for name, meta in manifest["files"].items() if name.startswith(f"{space}."))
 
 
 def bundle_size(path: str | os.PathLike) -> int:
