@@ -11,7 +11,7 @@ that does better, in three steps for each call of a guarded service:
 2. The gate: at most ``workers`` admitted calls are worked on at once; the others wait here, not in the thread
    pool's queue. A call whose deadline passes while it waits, or whose client has gone, is not searched
    (DEADLINE_EXCEEDED / CANCELLED).
-3. The call itself (the servicer checks the deadline once more before it searches).
+3. The call itself, once the deadline is checked one last time: the one place a server-side deadline is checked.
 
 A fourth bound sits below the Python layer. gRPC Python accepts calls on a single poll thread, which needs the
 GIL: when calls arrive faster than it can take them (tiny searches at more than the server's capacity, or any load
@@ -141,6 +141,12 @@ class AdmissionControl(grpc.ServerInterceptor):
                     with self._lock:
                         self._cancelled += 1
                     context.abort(grpc.StatusCode.CANCELLED, "the client went away while the call waited")
+                left = context.time_remaining()
+                if left is not None and left <= 0:
+                    with self._lock:
+                        self._expired += 1
+                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  "the call's deadline passed before the server could start it")
                 return behavior(request, context)
             finally:
                 self._gate.release()

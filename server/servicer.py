@@ -9,13 +9,12 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
-from dualvec.kernel.errors import DeadlineExpired, DualvecError, InvalidArgument, UnknownModel
+from dualvec.kernel.errors import DualvecError, InvalidArgument, UnknownModel
 from dualvec.server.batching import Batcher
-from dualvec.kernel.desm import DesmLimits, DocumentInput, score_documents
+from dualvec.kernel.desm import DesmLimits, score_documents, tokenized_inputs
 from dualvec.kernel.search import SearchEngine, SearchQuery
 from dualvec.server.status_codes import status_for
 from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
-from dualvec.kernel.tokenizer import Tokenizer
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 from dualvec.wire import query_from_pb, response_from, space_from_pb, space_to_pb
@@ -48,10 +47,7 @@ class DualVecServicer(pb_grpc.DualVecServicer):
                                f"{', '.join(self.engines)})") from None
 
     def _call(self, context: grpc.ServicerContext, work: Callable[[], object]):
-        remaining = context.time_remaining()
         try:
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExpired("the call's deadline passed before the server could start it")
             return work()
         except DualvecError as exc:
             code, message = status_for(exc), str(exc)
@@ -74,11 +70,7 @@ class DualVecServicer(pb_grpc.DualVecServicer):
     def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
         def work():
             reqs = request.requests
-            if not reqs:
-                raise InvalidArgument("requests", "empty batch: give at least one request")
-            limit = self.engines[self.default].limits.max_batch  # one server, one limit
-            if len(reqs) > limit:
-                raise InvalidArgument("requests", f"{len(reqs)} requests, above this server's limit of {limit}")
+            self.engines[self.default].limits.check_batch(len(reqs), "requests")  # one server, one limit
             by_model: dict[str, list[int]] = {}
             for i, r in enumerate(reqs):
                 by_model.setdefault(r.model, []).append(i)
@@ -113,12 +105,9 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         def work():
             engine = self.engine(request.model)
             bundle = engine.bundle
-            tokenizer = Tokenizer.from_dict(bundle.manifest.tokenizer)
-            query_tokens = list(request.query_tokens) if len(request.query_tokens) else tokenizer(request.query)
-            if not query_tokens:
-                raise InvalidArgument("query", "empty query: give query text or query_tokens")
-            docs = [DocumentInput(d.id, tuple(d.tokens) if len(d.tokens) else tuple(tokenizer(d.text)))
-                    for d in request.documents]
+            query_tokens, docs = tokenized_inputs(
+                engine.tokenizer, request.query, request.query_tokens,
+                [(d.id, d.tokens, d.text) for d in request.documents], self.desm_limits)
             scores, source = score_documents(
                 bundle, query_tokens, docs, query_space=space_from_pb(request.query_space, "query_space"),
                 document_space=space_from_pb(request.document_space, "document_space", Space.OUT),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -16,7 +15,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dualvec.client import Client, ClientError
 from dualvec.server.admission import AdmissionControl
 from dualvec.server.app import ServerConfig, load_engines, start_server
-from dualvec.server.servicer import DualVecServicer
 
 SEARCH_TIME = 0.04   # seconds each (slowed) search takes
 MAX_QUEUE = 3
@@ -156,11 +154,12 @@ def test_call_arriving_with_its_deadline_passed_is_not_searched():
         gate._run(lambda req, ctx: ran.append(req), "request", ctx)
     assert ctx.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED and not ran
     assert gate.stats().expired_waiting == 1 and gate.stats().in_flight == 0
-    # and so does the servicer, were it reached
-    servicer = DualVecServicer({"m": SimpleNamespace(search_prepared=lambda prepared: [])})
-    ctx = FakeContext(0.0)
+    # a deadline that passes between the gate and the work: the gate's last check, the one place it is made
+    ctx = FakeContext(1.0)
+    times = iter([1.0, 0.0])
+    ctx.time_remaining = lambda: next(times)
     with pytest.raises(grpc.RpcError):
-        servicer._call(ctx, lambda: ran.append("searched"))
+        gate._run(lambda req, ctx: ran.append(req), "request", ctx)
     assert ctx.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED and not ran
 
 

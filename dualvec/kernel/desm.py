@@ -54,6 +54,35 @@ class DesmLimits:
     max_documents: int = 1000
     max_document_tokens: int = 100_000
     max_query_tokens: int = 1000
+    # a token takes at least one character and a separator: text longer than this many characters per allowed
+    # token is refused before it is tokenized, so that refusing it costs almost nothing
+    chars_per_token: int = 64
+
+
+def tokenized_inputs(tokenizer, query: str, query_tokens: Sequence[str],
+                     documents: Sequence[tuple[str, Sequence[str], str]],
+                     limits: DesmLimits = DesmLimits()) -> tuple[list[str], list[DocumentInput]]:
+    """A ScoreDocuments call's query and documents as tokens: given tokens are kept, text is tokenized with the
+    bundle's tokenizer. documents: (id, tokens, text) each. Every count and length is checked against ``limits``
+    before any text is tokenized; raises InvalidArgument naming the field and the limit."""
+    if len(documents) > limits.max_documents:
+        raise InvalidArgument("documents", f"{len(documents)} documents in one call; the limit is "
+                                           f"{limits.max_documents} (max_documents)")
+    _check_text(query, "query", limits.max_query_tokens * limits.chars_per_token)
+    for i, (doc_id, tokens, text) in enumerate(documents):
+        if not tokens:
+            _check_text(text, f"documents[{i}].text", limits.max_document_tokens * limits.chars_per_token)
+    q = list(query_tokens) if len(query_tokens) else tokenizer(query)
+    if not q:
+        raise InvalidArgument("query", "empty query: give query text or query_tokens")
+    docs = [DocumentInput(doc_id, tuple(tokens) if len(tokens) else tuple(tokenizer(text)))
+            for doc_id, tokens, text in documents]
+    return q, docs
+
+
+def _check_text(text: str, field_name: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        raise InvalidArgument(field_name, f"{len(text):,} characters; the limit is {max_chars:,}")
 
 
 def score_documents(bundle, query_tokens: Sequence[str], documents: Sequence[DocumentInput], *,

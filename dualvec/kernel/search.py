@@ -16,6 +16,7 @@ from dualvec.kernel.bundle import Bundle
 from dualvec.kernel.errors import InvalidArgument, SpaceUnavailable, UnknownWords
 from dualvec.kernel.results import Neighbor, WordVector
 from dualvec.kernel.spaces import Space, pair_name
+from dualvec.kernel.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,13 @@ class Limits:
     max_k: int = 1000
     max_batch: int = 1024
     max_words: int = 1000  # query words per request, and words per GetVectors / pairs per Similarity
+
+    def check_batch(self, n: int, field_name: str) -> None:
+        """Refuse a batch of n queries (InvalidArgument naming the field) that is empty or over max_batch."""
+        if n == 0:
+            raise InvalidArgument(field_name, "empty batch: give at least one request")
+        if n > self.max_batch:
+            raise InvalidArgument(field_name, f"{n} requests, above this server's limit of {self.max_batch}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class SearchEngine:
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
+        self.tokenizer = Tokenizer.from_dict(self.bundle.manifest.tokenizer)  # the bundle's, for documents
         # gather each pair's tuned hub rows once, so that no request pays for it
         for pname, tuning in self.bundle.pairs.items():
             target = Space(pname.split("-")[1])
@@ -154,9 +163,7 @@ class SearchEngine:
     def search_many(self, queries: Sequence[SearchQuery], field_name: str = "requests") -> list[list[Neighbor]]:
         """Each query answered as search() would, in order; validated first (the first bad one raises with its
         position in the field name), then searched with one FAISS call per group of alike queries."""
-        if len(queries) > self.limits.max_batch:
-            raise InvalidArgument(field_name, f"{len(queries)} requests, above this server's limit of "
-                                  f"{self.limits.max_batch}")
+        self.limits.check_batch(len(queries), field_name)
         prepared = [self.prepare(q, f"{field_name}[{i}].") for i, q in enumerate(queries)]
         return self.search_prepared(prepared)
 
