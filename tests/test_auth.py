@@ -3,6 +3,7 @@ with one of the file's tokens it is answered; health and reflection stay open; n
 file is re-read on SIGHUP in every server process (rotation), and a broken file keeps the old tokens."""
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -194,3 +195,19 @@ def test_sighup_rotates_tokens_in_every_process_and_no_token_is_logged(serve, tm
     assert "refused" in log and "without a valid bearer token" in log
     for token in (OLD, NEW, SPARE, WRONG):
         assert token not in log
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_loadtest_sends_the_token(token_server, capsys, processes):
+    """`dualvec loadtest --token` (on a plaintext channel: metadata added to every call, from every generator
+    process); without it the set-up's GetInfo is refused, one line on stderr."""
+    from dualvec.loadtest.cli import main as loadtest
+
+    running, _ = token_server
+    common = [running.address, "--concurrency", "2", "--duration", "0.5", "--warmup", "0", "--pool", "20",
+              "--bundle", str(FLAT_BUNDLE), "--processes", str(processes)]
+    assert loadtest(common + ["--token", OLD, "--json", "--fail-on-errors"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == {} and report["calls"]["ok"] > 0 and report["calls"]["failed"] == 0
+    assert loadtest(common) == 1
+    assert "GetInfo failed: UNAUTHENTICATED" in capsys.readouterr().err

@@ -131,3 +131,16 @@ def test_serve_process_over_tls(serve, certs):
         assert search_code(address, tls_ca=certs.ca) == grpc.StatusCode.OK
         assert search_code(address) == grpc.StatusCode.UNAVAILABLE
     assert server.stop() == 0
+
+
+def test_loadtest_over_mutual_tls_with_a_token(mtls_server, certs, capsys):
+    from dualvec.loadtest.cli import main as loadtest
+
+    common = [mtls_server.address, "--concurrency", "2", "--duration", "0.5", "--warmup", "0", "--pool", "20",
+              "--bundle", str(FLAT_BUNDLE), "--tls-ca", str(certs.ca)]
+    assert loadtest(common + ["--tls-cert", str(certs.client_cert), "--tls-key", str(certs.client_key),
+                              "--token", TOKEN, "--json", "--fail-on-errors"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["calls"]["ok"] > 0 and report["calls"]["failed"] == 0
+    assert loadtest(common + ["--tls-cert", str(certs.client_cert), "--connect-timeout", "2"]) == 1
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err

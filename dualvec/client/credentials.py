@@ -6,6 +6,7 @@ with each call itself (``token_metadata``). A token sent in plaintext can be rea
 """
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
@@ -76,3 +77,35 @@ def channel_credentials(tls_ca: PemSource = None, tls_cert: PemSource = None,
     return grpc.ssl_channel_credentials(root_certificates=_pem(tls_ca, "--tls-ca"),
                                         private_key=_pem(tls_key, "--tls-key"),
                                         certificate_chain=_pem(tls_cert, "--tls-cert"))
+
+
+class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+                                                   "wait_for_ready", "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class _BearerMetadata(grpc.UnaryUnaryClientInterceptor):
+    """Adds the token's metadata to every unary call of a plaintext channel."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]):
+        self._metadata = metadata
+
+    def intercept_unary_unary(self, continuation, details, request):
+        details = _Details(details.method, details.timeout, tuple(details.metadata or ()) + self._metadata,
+                           details.credentials, getattr(details, "wait_for_ready", None),
+                           getattr(details, "compression", None))
+        return continuation(details, request)
+
+
+def open_channel(address: str, *, options: list | None = None, token: str | None = None, tls_ca: PemSource = None,
+                 tls_cert: PemSource = None, tls_key: PemSource = None) -> grpc.Channel:
+    """A channel to ``address`` whose every call carries what the server asks for: TLS when any of ``tls_*`` is
+    given (the token as call credentials), else plaintext (the token as metadata, added by an interceptor, so
+    that stubs and raw multi-callables made from the channel need nothing more)."""
+    tls = channel_credentials(tls_ca, tls_cert, tls_key)
+    if tls is not None:
+        if token:
+            tls = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(check_token(token)))
+        return grpc.secure_channel(address, tls, options=options)
+    channel = grpc.insecure_channel(address, options=options)
+    return grpc.intercept_channel(channel, _BearerMetadata(token_metadata(token))) if token else channel

@@ -8,6 +8,9 @@ import logging
 import shlex
 import sys
 
+from dualvec.cli.credentials import add_credential_options, client_credentials
+from dualvec.client.credentials import channel_credentials
+from dualvec.kernel.errors import DualvecError
 from dualvec.loadtest.driver import Runner, Target, auto_interval, idle_answers
 from dualvec.loadtest.errors import LoadtestError
 from dualvec.loadtest.plots import plot_run, plot_sweep
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of words and schedules (0)")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server (10)")
     p.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+    add_credential_options(p)
     return p
 
 
@@ -154,8 +158,13 @@ def _run(args) -> int:
         args.concurrency = 8
     if args.sweep is not None:
         parse_sweep(args.sweep)  # fail early on a bad spec
+    try:
+        access = client_credentials(args)
+        channel_credentials(access["tls_ca"], access["tls_cert"], access["tls_key"])  # PEM files readable
+    except DualvecError as exc:
+        raise LoadtestError(str(exc)) from None
     # set-up on a connection of its own: server info, the vocabulary, the request pool, idle answers
-    setup = Target(args.address)
+    setup = Target(args.address, access=access)
     try:
         setup.wait_ready(args.connect_timeout, args.address)
         stub = pb_grpc.DualVecStub(setup.channels[0])
@@ -174,7 +183,7 @@ def _run(args) -> int:
     finally:
         setup.close()
 
-    runner = Runner(args.address, pool, expected, args.processes, args.channels, args.connect_timeout)
+    runner = Runner(args.address, pool, expected, args.processes, args.channels, args.connect_timeout, access)
     sampler = RssSampler(args.server_pid, every=max(0.5, args.interval or 1.0)) if args.server_pid else None
     context = {"target": args.address, "model": info.model, "vocab_size": int(info.vocab_size), "dim": int(info.dim),
                "processes": runner.processes, "mix": args.mix, "k": args.k, "deadline_s": args.deadline,

@@ -203,12 +203,13 @@ class _Recorder:
 class Target:
     """One process's connection(s) to the server: multi-callables that send serialized requests as they are."""
 
-    def __init__(self, address: str, channels: int = 1):
-        import grpc
+    def __init__(self, address: str, channels: int = 1, access: dict | None = None):
+        """access: token and TLS (dualvec.client.credentials.open_channel's keyword arguments)."""
+        from dualvec.client.credentials import open_channel
 
         opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
         # distinct channel args keep gRPC from sharing one connection between the channels
-        self.channels = [grpc.insecure_channel(address, options=opts + [("dualvec.loadtest.channel", i)])
+        self.channels = [open_channel(address, options=opts + [("dualvec.loadtest.channel", i)], **(access or {}))
                          for i in range(max(1, channels))]
         self.callables = [{m: ch.unary_unary(m, request_serializer=None, response_deserializer=None)
                            for m in (SEARCH, BATCH, SCORE)} for ch in self.channels]
@@ -306,11 +307,12 @@ def _sleep_until(t: float) -> None:
 
 # ============================================================================================ generator processes
 
-def _worker_main(conn, address: str, channels: int, pool: RequestPool, expected, connect_timeout: float) -> None:
+def _worker_main(conn, address: str, channels: int, pool: RequestPool, expected, connect_timeout: float,
+                 access: dict | None = None) -> None:
     """A spawned generator process: connect, say ready, run each phase it is sent, until told to stop."""
     logging.basicConfig(level=logging.WARNING)
     try:
-        target = Target(address, channels)
+        target = Target(address, channels, access)
         target.wait_ready(connect_timeout, address)
         conn.send(("ready", None))
         while True:
@@ -328,21 +330,21 @@ class Runner:
     when ``processes`` is 1, and merges their results."""
 
     def __init__(self, address: str, pool: RequestPool, expected: list[bytes] | None, processes: int = 1,
-                 channels: int = 1, connect_timeout: float = 10.0):
+                 channels: int = 1, connect_timeout: float = 10.0, access: dict | None = None):
         self.address, self.pool, self.expected = address, pool, expected
         self.processes = max(1, processes)
         self.target: Target | None = None
         self.workers: list = []
         self.conns: list = []
         if self.processes == 1:
-            self.target = Target(address, channels)
+            self.target = Target(address, channels, access)
             self.target.wait_ready(connect_timeout, address)
             return
         ctx = mp.get_context("spawn")  # gRPC's threads do not survive fork
         for _ in range(self.processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, address, channels, pool, expected, connect_timeout),
-                               daemon=True, name="dualvec-loadtest")
+            proc = ctx.Process(target=_worker_main, daemon=True, name="dualvec-loadtest",
+                               args=(child, address, channels, pool, expected, connect_timeout, access))
             proc.start()
             self.workers.append(proc)
             self.conns.append(parent)
