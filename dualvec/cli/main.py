@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analogy-limit", type=int, default=0, help="at most N analogy questions (0 = all)")
     p.set_defaults(func=cmd_evaluate)
 
+    from dualvec.cli.neighbors import add_parser as add_neighbors_parser
+
+    add_neighbors_parser(sub, common)
 
     # listed for --help only: main() hands `dualvec loadtest ...` to dualvec.loadtest before parsing
     sub.add_parser("loadtest", help="load-test a running server (dualvec loadtest --help)", add_help=False)
