@@ -16,18 +16,21 @@ from pathlib import Path
 
 import pytest
 
+from dualvec.client import NotServingError, pick_free_port, wait_until_serving
+
 DUALVEC = str(Path(sys.executable).with_name("dualvec"))
 # the committed 40-word bundle: loads in milliseconds, no training needed
 FLAT_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1" / "flat"
-START_LINE = re.compile(r"serving (\S+) on (\S+):(\d+) ")
 METRICS_LINE = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
 
 
 class ServeProcess:
-    """`dualvec serve BUNDLE --port 0 ...` in a subprocess; its stderr is collected in the background."""
+    """`dualvec serve BUNDLE --port PORT ...` in a subprocess, on a port picked free here; its stderr is collected
+    in the background."""
 
     def __init__(self, *args: str, bundle: Path = FLAT_BUNDLE):
-        self.proc = subprocess.Popen([DUALVEC, "serve", str(bundle), "--port", "0", "--grace", "5", *args],
+        self.port = pick_free_port()
+        self.proc = subprocess.Popen([DUALVEC, "serve", str(bundle), "--port", str(self.port), "--grace", "5", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
@@ -61,9 +64,16 @@ class ServeProcess:
                             + self.log())
             time.sleep(0.05)
 
-    def address(self) -> str:
-        m = self.wait_for(START_LINE)[0]
-        return f"{m.group(2)}:{m.group(3)}"
+    def address(self, credentials=None, timeout: float = 60.0) -> str:
+        """The server's address, once its gRPC health answers SERVING (``credentials``: a TLS server's
+        grpc.ChannelCredentials). The test fails on timeout or when the process exits first."""
+        address = f"127.0.0.1:{self.port}"
+        try:
+            wait_until_serving(address, timeout, process=self.proc, credentials=credentials)
+        except NotServingError as exc:
+            self.kill()
+            pytest.fail(f"{exc}\n{self.log()}")
+        return address
 
     def metrics_url(self) -> str:
         m = self.wait_for(METRICS_LINE)[0]

@@ -126,7 +126,7 @@ def test_serve_with_an_unreadable_certificate_fails_with_one_line(certs, tmp_pat
 def test_serve_process_over_tls(serve, certs):
     """The whole command: `dualvec serve --tls-cert --tls-key` with two processes answers TLS clients only."""
     server = serve("--processes", "2", "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key))
-    address = server.address()
+    address = server.address(grpc.ssl_channel_credentials(certs.ca.read_bytes()))
     for _ in range(3):
         assert search_code(address, tls_ca=certs.ca) == grpc.StatusCode.OK
         assert search_code(address) == grpc.StatusCode.UNAVAILABLE
