@@ -82,7 +82,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        checksums=not args.skip_checksums, grace_seconds=args.grace, batch_size=args.batch_size,
                        concurrent_batches=args.concurrent_batches, prefault=not args.no_prefault, cpus=args.cpus,
                        processes=args.processes, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,
-                       tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, metrics_port=args.metrics_port)
+                       tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, metrics_port=args.metrics_port,
+                       drain_delay=args.drain_delay, health_port=args.health_port,
+                       max_connection_age=args.max_connection_age)
     return serve_forever(cfg)
 
 
@@ -189,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent searches answered by one FAISS call; 1 turns batching off (64)")
     p.add_argument("--concurrent-batches", type=int, default=2, help="FAISS calls running at once (2)")
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown (5)")
+    p.add_argument("--drain-delay", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, health turns NOT_SERVING and calls are still answered this long, for probes "
+                        "and clients to move elsewhere, before new calls are refused and --grace begins (5)")
+    p.add_argument("--health-port", type=int, metavar="PORT",
+                   help="also serve gRPC health alone, in plaintext, on this port: for Kubernetes' gRPC probes, "
+                        "which cannot speak TLS (default: none)")
+    p.add_argument("--max-connection-age", type=float, default=0.0, metavar="SECONDS",
+                   help="close each client connection after this long (calls in flight get --grace), so that "
+                        "clients resolve the address again and find new replicas; 0 = never (0)")
     p.add_argument("--skip-checksums", action="store_true", help="check file sizes only at load, not sha256")
     p.add_argument("--cpus", default="auto", metavar="LIST",
                    help="CPUs the server runs on: 'auto' (one CPU on machines with 2 or fewer, where that measured "

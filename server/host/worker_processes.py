@@ -10,8 +10,9 @@ talks to one child, many clients spread. Measured at 1M x 300 on a 2-CPU machine
 two processes (one per CPU) answered 1,934-1,997 queries/s to 32 clients where one process answered
 1,307-1,368 (docs/performance.md).
 
-The parent supervises: it reports SERVING once every child is serving, forwards SIGTERM and SIGINT (each child
-drains its calls within the grace period), and stops them all, exiting 1, if one of them dies.
+The parent supervises: it reports SERVING once every child is serving, forwards SIGTERM and SIGINT at once, so
+that every child drains together (dualvec.server.draining: NOT_SERVING, the drain delay, the grace period), exits
+after the last of them, and stops them all, exiting 1, if one of them dies.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import time
 from dataclasses import replace
 
 from dualvec.kernel.errors import DualvecError
+from dualvec.server.draining import ShutdownSignals
 from dualvec.server.host.cpu_affinity import AUTO_PIN_MAX_CPUS, available_cpus, format_cpus, parse_cpus
 
 log = logging.getLogger("dualvec.server")
@@ -63,10 +65,13 @@ def _cpu_pool(spec: str, available: set[int] | None) -> list[int] | None:
 
 
 def free_port(host: str, port: int) -> int:
-    """``port`` (or a free one for 0), checked free now by a plain bind (without SO_REUSEPORT, so that a port held
-    by any server, this one's kind included, is refused). Raises DualvecError naming the address."""
+    """``port`` (or a free one for 0), checked free now by a bind without SO_REUSEPORT, so that a port held by any
+    server, this one's kind included, is refused. With SO_REUSEADDR, as gRPC binds: the connections of a server
+    that just stopped on this port (TIME_WAIT, about a minute) do not hold it. Raises DualvecError naming the
+    address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -74,13 +79,17 @@ def free_port(host: str, port: int) -> int:
         return probe.getsockname()[1]
 
 
-def serve_in_processes(cfg, engines, start_server, stop: threading.Event, received: list[int]) -> int:
+def serve_in_processes(cfg, engines, start_server, signals: ShutdownSignals) -> int:
     """Fork cfg.processes children serving ``engines`` on one port (each through ``start_server(engines, cfg,
-    reuse_port=True)``), pinned as ``child_cpus`` says; supervise until ``stop`` is set (by the caller's
-    SIGTERM/SIGINT handler, which appends the signal to ``received``). Returns the exit code: 0 when every child
-    drained and exited 0."""
+    reuse_port=True)``), pinned as ``child_cpus`` says; supervise until ``signals.first`` is set (SIGTERM or
+    SIGINT), then have every child drain. Returns the exit code: 0 when every child drained and exited 0."""
     port = free_port(cfg.host, cfg.port)
+    if cfg.health_port is not None:  # every child serves health on the same port too
+        cfg = replace(cfg, health_port=free_port(cfg.host, cfg.health_port))
     cpus = child_cpus(cfg.cpus, cfg.processes, available_cpus())
+    # SIGTERM and SIGINT wait (blocked, not lost) from before each fork until the child has its own handlers: one
+    # that arrived in between used to run the parent's handler in the child, and the child served on until killed
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     ready_r, ready_w = os.pipe()  # each child writes a byte once it is started
     go_r, go_w = os.pipe()  # then the parent writes one byte per child: every one is up, health turns SERVING
     children: dict[int, int] = {}  # pid -> child number
@@ -91,21 +100,25 @@ def serve_in_processes(cfg, engines, start_server, stop: threading.Event, receiv
             os.close(go_w)
             code = 1
             try:
-                code = _serve_child(number, cpu, engines, replace(cfg, port=port), ready_w, go_r, start_server)
+                code = _serve_child(number, cpu, engines, replace(cfg, port=port), ready_w, go_r, start_server, mask)
             except BaseException:  # noqa: BLE001 - whatever it was, the child must not fall back into the parent
                 log.exception("worker process %d failed", number)
             finally:
                 os._exit(code)
         children[pid] = number
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(ready_w)
     os.close(go_r)
     address = f"{cfg.host}:{port}"
-    if not _wait_ready(ready_r, len(children), children, stop):
-        os.close(ready_r)
+    if not _wait_ready(ready_r, len(children), children, signals.first):
+        if signals.first.is_set():
+            log.info("%s received while the worker processes started: stopping them", signals.name)
+        else:
+            log.error("a worker process did not start; stopping the others")
+        codes = _stop_children(children, cfg.drain_delay + cfg.grace_seconds, signals.again)
+        os.close(ready_r)  # after the children are gone: none of them writes to a pipe nobody reads
         os.close(go_w)
-        log.error("a worker process did not start; stopping the others")
-        _stop_children(children, cfg.grace_seconds)
-        return 1
+        return 0 if signals.first.is_set() and all(c == 0 for c in codes) else 1
     os.close(ready_r)
     os.write(go_w, b"1" * len(children))
     os.close(go_w)
@@ -114,7 +127,7 @@ def serve_in_processes(cfg, engines, start_server, stop: threading.Event, receiv
              "on CPUs %s)", ", ".join(engines), address, cfg.max_k, cfg.workers, cfg.max_queue, len(children),
              placement)
     failed = None
-    while not stop.wait(0.5):
+    while not signals.first.wait(0.5):
         failed = _exited_child(children)
         if failed is not None:
             pid, code = failed
@@ -122,20 +135,20 @@ def serve_in_processes(cfg, engines, start_server, stop: threading.Event, receiv
                       pid, code)
             break
     if failed is None:
-        name = signal.Signals(received[0]).name if received else "signal"
-        log.info("%s received: NOT_SERVING, each process draining its in-flight calls (grace %.1f s)", name,
-                 cfg.grace_seconds)
-    codes = _stop_children(children, cfg.grace_seconds)
+        log.info("%s received: every process draining (delay %.1f s, grace %.1f s)", signals.name,
+                 cfg.drain_delay, cfg.grace_seconds)
+    codes = _stop_children(children, cfg.drain_delay + cfg.grace_seconds, signals.again)
     if failed is None and all(c == 0 for c in codes):
         log.info("stopped serving on %s", address)
         return 0
     return 1
 
 
-def _serve_child(number: int, cpu: set[int] | None, engines, cfg, ready_w: int, go_r: int, start_server) -> int:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+def _serve_child(number: int, cpu: set[int] | None, engines, cfg, ready_w: int, go_r: int, start_server,
+                 mask) -> int:
+    parent = os.getppid()
+    signals = ShutdownSignals()
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal sent since the fork is handled now
     if cpu is not None:
         os.sched_setaffinity(0, cpu)  # the only thread so far: gRPC's threads, made next, inherit it
     running = start_server(engines, cfg, reuse_port=True, serving=False)
@@ -143,17 +156,25 @@ def _serve_child(number: int, cpu: set[int] | None, engines, cfg, ready_w: int, 
     os.write(ready_w, b"1")
     os.close(ready_w)
     # health turns SERVING only once the parent has heard from every process: the server as a whole is up
-    while not stop.is_set():
+    while not signals.first.is_set():
         if select.select([go_r], [], [], 0.5)[0]:
             if os.read(go_r, 1):  # nothing: the parent is gone
                 running.set_serving()
             break
     os.close(go_r)
-    while not stop.wait(0.5):
-        if os.getppid() == 1:  # the parent is gone: nobody will forward a signal
+    while not signals.first.wait(0.5):
+        if os.getppid() != parent:  # the parent is gone: nobody will forward a signal (it may itself be pid 1)
             break
-    running.stop(cfg.grace_seconds)
+    running.drain(cfg.drain_delay, cfg.grace_seconds, signals.again)
     return 0
+
+
+def _signal_children(children: dict[int, int]) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def _wait_ready(ready_r: int, count: int, children: dict[int, int], stop: threading.Event,
@@ -187,16 +208,18 @@ def _exited_child(children: dict[int, int], peek: bool = False) -> tuple[int, in
     return None
 
 
-def _stop_children(children: dict[int, int], grace: float) -> list[int]:
-    """SIGTERM every child, wait for them (grace plus 10 s), SIGKILL the late ones. Returns their exit codes."""
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+def _stop_children(children: dict[int, int], grace: float, again: threading.Event | None = None) -> list[int]:
+    """SIGTERM every child at once (each drains), wait for them (``grace`` plus 10 s), SIGKILL the late ones; when
+    ``again`` is set meanwhile (a second signal to the parent), SIGTERM them once more (each cuts its drain delay
+    short). Returns their exit codes."""
+    _signal_children(children)
+    forwarded_again = False
     codes, deadline = [], time.monotonic() + grace + 10.0
     for pid in list(children):
         while True:
+            if again is not None and again.is_set() and not forwarded_again:
+                forwarded_again = True
+                _signal_children(children)
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:  # not ours to wait for any more: its exit code is unknown, so not a success
