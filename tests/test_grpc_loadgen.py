@@ -4,6 +4,7 @@ installed (Debian: golang-go, golang-google-grpc-dev), the generator is built of
 (every call answered, errors counted by status code, a bad request file refused in one line)."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,13 +60,22 @@ def test_build_names_the_missing_packages(tmp_path, monkeypatch):
     assert binary is None and "golang-google-grpc-dev" in why
 
 
-def _built() -> tuple[Path | None, str]:
-    cache = Path(__file__).resolve().parent.parent / ".pytest_cache" / "grpc-loadgen"
-    return bench_load.build_go_loadgen(cache)
+def test_the_go_source_ships_where_the_builder_reads_it():
+    assert bench_load.GO_SOURCE.is_file(), bench_load.GO_SOURCE
+    assert "package main" in bench_load.GO_SOURCE.read_text(encoding="utf-8")
 
 
-BINARY, WHY_NOT = _built()
-needs_go = pytest.mark.skipif(BINARY is None, reason=f"the Go load generator cannot be built here: {WHY_NOT}")
+@pytest.fixture(scope="module")
+def BINARY() -> Path:
+    """The compiled load generator. Without a Go toolchain the tests that run it are skipped (.ci/run installs
+    golang-go and golang-google-grpc-dev); with one, a generator that does not build fails them."""
+    if shutil.which("go") is None:
+        pytest.skip("no Go toolchain here (apt-get install golang-go golang-google-grpc-dev; .ci/run does)")
+    binary, why = bench_load.build_go_loadgen(Path(__file__).resolve().parent.parent / ".pytest_cache" /
+                                              "grpc-loadgen")
+    if binary is None:
+        pytest.fail(f"the Go load generator does not build: {why}")
+    return binary
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +83,7 @@ def server(lee_server):
     return lee_server
 
 
-@needs_go
-def test_go_load_generator_measures_a_real_server(server, lee_bundle):
+def test_go_load_generator_measures_a_real_server(BINARY, server, lee_bundle):
     words = [line.split("\t")[0] for line in (lee_bundle / "vocab.tsv").read_text().splitlines()[:50]]
     queries = [(w, "in" if i % 2 else "out", "out" if i % 3 else "in") for i, w in enumerate(words)]
     before = server.servicer.batchers[server.servicer.default].stats().items
@@ -89,16 +98,14 @@ def test_go_load_generator_measures_a_real_server(server, lee_bundle):
     assert res["client_cpu_us_per_call"] > 0 and res["clients"] == 4 and res["processes"] == 1
 
 
-@needs_go
-def test_go_load_generator_counts_errors_by_status(server, tmp_path):
+def test_go_load_generator_counts_errors_by_status(BINARY, server, tmp_path):
     # an unknown word: every call fails with NOT_FOUND (the server names the word); none is counted as answered
     unknown = bench_load.search_requests([("no-such-word-xyz", "in", "out")], 10)
     res = bench_load.run_load_go(BINARY, server.address, unknown, clients=2, seconds=0.5, warmup=0.1)
     assert res["queries"] == 0 and set(res["errors"]) == {"NOT_FOUND"} and res["errors"]["NOT_FOUND"] > 0
 
 
-@needs_go
-def test_go_load_generator_measures_bare_health_checks(server):
+def test_go_load_generator_measures_bare_health_checks(BINARY, server):
     # the throughput phase's reference load: the same generator, calls that do no work
     before = server.servicer.batchers[server.servicer.default].stats().items
     res = bench_load.run_load_go(BINARY, server.address, bench_load.health_check_requests(), clients=2,
@@ -107,8 +114,7 @@ def test_go_load_generator_measures_bare_health_checks(server):
     assert server.servicer.batchers[server.servicer.default].stats().items == before  # no search ran
 
 
-@needs_go
-def test_go_load_generator_refuses_a_truncated_request_file(tmp_path, server):
+def test_go_load_generator_refuses_a_truncated_request_file(BINARY, tmp_path, server):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\x05ab")  # says 5 bytes, holds 2
     proc = subprocess.run([str(BINARY), "-addr", server.address, "-requests", str(bad), "-duration", "1"],
