@@ -58,14 +58,16 @@ class DualVecServicer(pb_grpc.DualVecServicer):
 
     # ----------------------------------------------------------------------------------------------------- rpcs
     def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
-        def work():
-            engine = self.engine(request.model)
-            prepared = engine.prepare(query_from_pb(request))
-            batcher = self.batchers.get(request.model or self.default)
-            if batcher is None or prepared.exact:  # an exhaustive search would hold up a whole batch
-                return response_from(engine.search_prepared([prepared])[0])
-            return response_from(batcher.submit(prepared))
-        return self._call(context, work)
+        return self._call(context, lambda: self._search(request))
+
+    def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        """One search request answered (Search, and each request of SearchStream); raises DualvecError."""
+        engine = self.engine(request.model)
+        prepared = engine.prepare(query_from_pb(request))
+        batcher = self.batchers.get(request.model or self.default)
+        if batcher is None or prepared.exact:  # an exhaustive search would hold up a whole batch
+            return response_from(engine.search_prepared([prepared])[0])
+        return response_from(batcher.submit(prepared))
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
         def work():
@@ -83,6 +85,25 @@ class DualVecServicer(pb_grpc.DualVecServicer):
                     out[i] = response_from(res)
             return pb.BatchSearchResponse(responses=out)
         return self._call(context, work)
+
+    def SearchStream(self, request_iterator, context):
+        """One answer per request, in order, each as Search answers it, or that request's own error. Requests are
+        read one at a time, the next only once the answer before it is handed to gRPC (whose send waits for the
+        client's flow-control window): a slow reader holds the stream back instead of making the server buffer.
+        A cancelled call, or one whose deadline passed, stops before its next request."""
+        for index, request in enumerate(request_iterator):
+            if not context.is_active():
+                return
+            try:
+                answer = pb.SearchStreamResponse(index=index, response=self._search(request))
+            except DualvecError as exc:
+                answer = pb.SearchStreamResponse(index=index, error=pb.QueryError(
+                    code=status_for(exc).value[0], message=str(exc)))
+            except Exception:  # a bug: log it whole, tell the caller little, go on with the next request
+                log.exception("internal error")
+                answer = pb.SearchStreamResponse(index=index, error=pb.QueryError(
+                    code=grpc.StatusCode.INTERNAL.value[0], message="internal error (logged by the server)"))
+            yield answer
 
     def GetVectors(self, request: pb.GetVectorsRequest, context) -> pb.GetVectorsResponse:
         def work():

@@ -10,8 +10,9 @@ gRPC status code and the server's message.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import grpc
 
@@ -40,6 +41,27 @@ class ScoreResult:
 
     scores: list[DocumentScore]
     bm25_document_frequencies: str
+
+
+_STATUS_OF_CODE = {status.value[0]: status for status in grpc.StatusCode}
+# Client.search_stream's default window: queries sent and not yet handed to the caller. A few hundred keep the
+# stream busy over a local network (well above a round trip's worth of answers at ~10k answers/s) at ~100 KB.
+STREAM_WINDOW = 512
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One answer of Client.search_stream: the request's position in the stream (from 0) and either its neighbours
+    (``error`` None) or its own error (``neighbors`` None; ``error.code`` the grpc.StatusCode a unary Search of
+    the same request would have failed with, ``error.details`` the server's message)."""
+
+    index: int
+    neighbors: list[Neighbor] | None
+    error: ClientError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 class Client:
@@ -115,6 +137,59 @@ class Client:
             reqs.append(search_request(q.pop("positive", ()), q.pop("negative", ()), **q))
         resp = self._invoke(self._stub.BatchSearch, pb.BatchSearchRequest(requests=reqs))
         return [[Neighbor(n.word, n.id, n.score) for n in r.neighbors] for r in resp.responses]
+
+    def search_stream(self, queries: Iterable[dict | pb.SearchRequest], *, timeout: float | None = None,
+                      window: int = STREAM_WINDOW) -> Iterator[StreamResult]:
+        """Many searches over one SearchStream call, yielded as they come back, in order: one StreamResult per
+        query, its neighbours or its own error (an unknown word fails its query, not the stream). Each query is a
+        dict of Client.search's keyword arguments or a SearchRequest. ``queries`` is read lazily, as gRPC's flow
+        control lets requests go, so it may be a generator of any length. ``timeout``: seconds for the whole
+        stream (None, the default: no deadline; the client's per-call ``timeout`` does not apply). Closing the
+        generator (or leaving a loop over it) cancels the call. A failure of the stream itself (cancelled,
+        deadline, server gone) raises ClientError.
+
+        ``window``: at most this many queries are sent and not yet handed to the caller. The server reads the
+        next request only after answering the one before, but gRPC Python's client takes in every answer the
+        server sends whether or not the caller reads it; the window makes a caller that reads slowly hold back
+        the sending, and so the server, with the client's memory flat."""
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        failed: list[Exception] = []
+        room = threading.Semaphore(window)
+        done = threading.Event()
+
+        def requests():  # run by gRPC on its own thread: a bad query ends the requests, and is raised below
+            try:
+                for q in queries:
+                    while not room.acquire(timeout=0.1):
+                        if done.is_set():
+                            return
+                    if isinstance(q, pb.SearchRequest):
+                        yield q
+                        continue
+                    q = dict(q)
+                    q.setdefault("model", self.model)
+                    yield search_request(q.pop("positive", ()), q.pop("negative", ()), **q)
+            except Exception as exc:
+                failed.append(exc)
+
+        call = self._stub.SearchStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            for answer in call:
+                room.release()
+                if answer.WhichOneof("result") == "error":
+                    code = _STATUS_OF_CODE.get(answer.error.code, grpc.StatusCode.UNKNOWN)
+                    yield StreamResult(answer.index, None, ClientError(code, answer.error.message))
+                else:
+                    yield StreamResult(answer.index, [Neighbor(n.word, n.id, n.score)
+                                                      for n in answer.response.neighbors])
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code(), exc.details() or "") from None
+        finally:
+            done.set()
+            call.cancel()  # a no-op once the call has ended; stops it when the caller left early
+        if failed:  # every query before the bad one was answered
+            raise failed[0]
 
     def get_vectors(self, words: Sequence[str], space: str = "in", *, raw: bool = False,
                     model: str | None = None) -> list[WordVector]:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64ualvec/v1/dualvec.proto\x12\ndualvec.v1\"\xf2\x01\n\rSearchRequest\x12\x10\n\x08positive\x18\x01 \x03(\t\x12\x10\n\x08negative\x18\x02 \x03(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\x12&\n\x0bquery_space\x18\x04 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\'\n\x0ctarget_space\x18\x05 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\t\n\x01k\x18\x06 \x01(\r\x12\x1b\n\x13include_query_words\x18\x07 \x01(\x08\x12\x16\n\x0erestrict_vocab\x18\x08 \x01(\r\x12\r\n\x05\x65xact\x18\t \x01(\x08\x12\r\n\x05model\x18\n \x01(\t\"3\n\x08Neighbor\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"9\n\x0eSearchResponse\x12\'\n\tneighbors\x18\x01 \x03(\x0b\x32\x14.dualvec.v1.Neighbor\"A\n\x12\x42\x61tchSearchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.dualvec.v1.SearchRequest\"D\n\x13\x42\x61tchSearchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.dualvec.v1.SearchResponse\"`\n\x11GetVectorsRequest\x12\r\n\x05words\x18\x01 \x03(\t\x12 \n\x05space\x18\x02 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\x0b\n\x03raw\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\"g\n\nWordVector\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\r\x12\x0e\n\x06vector\x18\x03 \x03(\x02\x12\x12\n\nraw_vector\x18\x04 \x03(\x02\x12\x0c\n\x04norm\x18\x05 \x01(\x02\x12\r\n\x05\x63ount\x18\x06 \x01(\x04\"=\n\x12GetVectorsResponse\x12\'\n\x07vectors\x18\x01 \x03(\x0b\x32\x16.dualvec.v1.WordVector\"<\n\nSpacedWord\x12\x0c\n\x04word\x18\x01 \x01(\t\x12 \n\x05space\x18\x02 \x01(\x0e\x32\x11.dualvec.v1.Space\"P\n\x08WordPair\x12!\n\x01\x61\x18\x01 \x01(\x0b\x32\x16.dualvec.v1.SpacedWord\x12!\n\x01\x62\x18\x02 \x01(\x0b\x32\x16.dualvec.v1.SpacedWord\"G\n\x11SimilarityRequest\x12#\n\x05pairs\x18\x01 \x03(\x0b\x32\x14.dualvec.v1.WordPair\x12\r\n\x05model\x18\x02 \x01(\t\"*\n\x12SimilarityResponse\x12\x14\n\x0csimilarities\x18\x01 \x03(\x02\"4\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\t\"\xdc\x01\n\x15ScoreDocumentsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x14\n\x0cquery_tokens\x18\x02 \x03(\t\x12\'\n\tdocuments\x18\x03 \x03(\x0b\x32\x14.dualvec.v1.Document\x12&\n\x0bquery_space\x18\x04 \x01(\x0e\x32\x11.dualvec.v1.Space\x12)\n\x0e\x64ocument_space\x18\x05 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\x13\n\x0b\x62m25_weight\x18\x06 \x01(\x02\x12\r\n\x05model\x18\x07 \x01(\t\"\x7f\n\rDocumentScore\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x19\n\x11query_words_found\x18\x03 \x01(\r\x12\x1c\n\x14\x64ocument_words_found\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x65sm\x18\x05 \x01(\x02\x12\x0c\n\x04\x62m25\x18\x06 \x01(\x02\"f\n\x16ScoreDocumentsResponse\x12)\n\x06scores\x18\x01 \x03(\x0b\x32\x19.dualvec.v1.DocumentScore\x12!\n\x19\x62m25_document_frequencies\x18\x02 \x01(\t\"\x1f\n\x0eGetInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"d\n\x0eSpaceIndexInfo\x12 \n\x05space\x18\x01 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"\xa4\x01\n\x08PairInfo\x12&\n\x0bquery_space\x18\x01 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\'\n\x0ctarget_space\x18\x02 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\x15\n\rsearch_params\x18\x03 \x01(\t\x12\x16\n\x0erecall_uniform\x18\x04 \x01(\x02\x12\x18\n\x10recall_frequency\x18\x05 \x01(\x02\"\xa3\x03\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x04\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12!\n\x06spaces\x18\x04 \x03(\x0e\x32\x11.dualvec.v1.Space\x12+\n\x07indexes\x18\x05 \x03(\x0b\x32\x1a.dualvec.v1.SpaceIndexInfo\x12#\n\x05pairs\x18\x06 \x03(\x0b\x32\x14.dualvec.v1.PairInfo\x12\x16\n\x0e\x66ormat_version\x18\x07 \x01(\r\x12\x17\n\x0f\x64ualvec_version\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x15\n\rsource_sha256\x18\n \x01(\t\x12\x11\n\ttokenizer\x18\x0b \x01(\t\x12\r\n\x05max_k\x18\x0c \x01(\r\x12\x11\n\tmax_batch\x18\r \x01(\r\x12\x15\n\rmax_documents\x18\x0e \x01(\r\x12\x1b\n\x13max_document_tokens\x18\x0f \x01(\r\x12\x0e\n\x06models\x18\x10 \x03(\t\x12 \n\x18has_document_frequencies\x18\x11 \x01(\x08*/\n\x05Space\x12\x15\n\x11SPACE_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\x07\n\x03OUT\x10\x02\x32\xcb\x03\n\x07\x44ualVec\x12?\n\x06Search\x12\x19.dualvec.v1.SearchRequest\x1a\x1a.dualvec.v1.SearchResponse\x12N\n\x0b\x42\x61tchSearch\x12\x1e.dualvec.v1.BatchSearchRequest\x1a\x1f.dualvec.v1.BatchSearchResponse\x12K\n\nGetVectors\x12\x1d.dualvec.v1.GetVectorsRequest\x1a\x1e.dualvec.v1.GetVectorsResponse\x12K\n\nSimilarity\x12\x1d.dualvec.v1.SimilarityRequest\x1a\x1e.dualvec.v1.SimilarityResponse\x12W\n\x0eScoreDocuments\x12!.dualvec.v1.ScoreDocumentsRequest\x1a\".dualvec.v1.ScoreDocumentsResponse\x12<\n\x07GetInfo\x12\x1a.dualvec.v1.GetInfoRequest\x1a\x15.dualvec.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64ualvec/v1/dualvec.proto\x12\ndualvec.v1\"\xf2\x01\n\rSearchRequest\x12\x10\n\x08positive\x18\x01 \x03(\t\x12\x10\n\x08negative\x18\x02 \x03(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\x12&\n\x0bquery_space\x18\x04 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\'\n\x0ctarget_space\x18\x05 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\t\n\x01k\x18\x06 \x01(\r\x12\x1b\n\x13include_query_words\x18\x07 \x01(\x08\x12\x16\n\x0erestrict_vocab\x18\x08 \x01(\r\x12\r\n\x05\x65xact\x18\t \x01(\x08\x12\r\n\x05model\x18\n \x01(\t\"3\n\x08Neighbor\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"9\n\x0eSearchResponse\x12\'\n\tneighbors\x18\x01 \x03(\x0b\x32\x14.dualvec.v1.Neighbor\"A\n\x12\x42\x61tchSearchRequest\x12+\n\x08requests\x18\x01 \x03(\x0b\x32\x19.dualvec.v1.SearchRequest\"D\n\x13\x42\x61tchSearchResponse\x12-\n\tresponses\x18\x01 \x03(\x0b\x32\x1a.dualvec.v1.SearchResponse\"+\n\nQueryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x01\n\x14SearchStreamResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.dualvec.v1.SearchResponseH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.dualvec.v1.QueryErrorH\x00\x42\x08\n\x06result\"`\n\x11GetVectorsRequest\x12\r\n\x05words\x18\x01 \x03(\t\x12 \n\x05space\x18\x02 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\x0b\n\x03raw\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\"g\n\nWordVector\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\r\x12\x0e\n\x06vector\x18\x03 \x03(\x02\x12\x12\n\nraw_vector\x18\x04 \x03(\x02\x12\x0c\n\x04norm\x18\x05 \x01(\x02\x12\r\n\x05\x63ount\x18\x06 \x01(\x04\"=\n\x12GetVectorsResponse\x12\'\n\x07vectors\x18\x01 \x03(\x0b\x32\x16.dualvec.v1.WordVector\"<\n\nSpacedWord\x12\x0c\n\x04word\x18\x01 \x01(\t\x12 \n\x05space\x18\x02 \x01(\x0e\x32\x11.dualvec.v1.Space\"P\n\x08WordPair\x12!\n\x01\x61\x18\x01 \x01(\x0b\x32\x16.dualvec.v1.SpacedWord\x12!\n\x01\x62\x18\x02 \x01(\x0b\x32\x16.dualvec.v1.SpacedWord\"G\n\x11SimilarityRequest\x12#\n\x05pairs\x18\x01 \x03(\x0b\x32\x14.dualvec.v1.WordPair\x12\r\n\x05model\x18\x02 \x01(\t\"*\n\x12SimilarityResponse\x12\x14\n\x0csimilarities\x18\x01 \x03(\x02\"4\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\t\"\xdc\x01\n\x15ScoreDocumentsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x14\n\x0cquery_tokens\x18\x02 \x03(\t\x12\'\n\tdocuments\x18\x03 \x03(\x0b\x32\x14.dualvec.v1.Document\x12&\n\x0bquery_space\x18\x04 \x01(\x0e\x32\x11.dualvec.v1.Space\x12)\n\x0e\x64ocument_space\x18\x05 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\x13\n\x0b\x62m25_weight\x18\x06 \x01(\x02\x12\r\n\x05model\x18\x07 \x01(\t\"\x7f\n\rDocumentScore\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x19\n\x11query_words_found\x18\x03 \x01(\r\x12\x1c\n\x14\x64ocument_words_found\x18\x04 \x01(\r\x12\x0c\n\x04\x64\x65sm\x18\x05 \x01(\x02\x12\x0c\n\x04\x62m25\x18\x06 \x01(\x02\"f\n\x16ScoreDocumentsResponse\x12)\n\x06scores\x18\x01 \x03(\x0b\x32\x19.dualvec.v1.DocumentScore\x12!\n\x19\x62m25_document_frequencies\x18\x02 \x01(\t\"\x1f\n\x0eGetInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"d\n\x0eSpaceIndexInfo\x12 \n\x05space\x18\x01 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"\xa4\x01\n\x08PairInfo\x12&\n\x0bquery_space\x18\x01 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\'\n\x0ctarget_space\x18\x02 \x01(\x0e\x32\x11.dualvec.v1.Space\x12\x15\n\rsearch_params\x18\x03 \x01(\t\x12\x16\n\x0erecall_uniform\x18\x04 \x01(\x02\x12\x18\n\x10recall_frequency\x18\x05 \x01(\x02\"\xa3\x03\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x04\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12!\n\x06spaces\x18\x04 \x03(\x0e\x32\x11.dualvec.v1.Space\x12+\n\x07indexes\x18\x05 \x03(\x0b\x32\x1a.dualvec.v1.SpaceIndexInfo\x12#\n\x05pairs\x18\x06 \x03(\x0b\x32\x14.dualvec.v1.PairInfo\x12\x16\n\x0e\x66ormat_version\x18\x07 \x01(\r\x12\x17\n\x0f\x64ualvec_version\x18\x08 \x01(\t\x12\x0e\n\x06source\x18\t \x01(\t\x12\x15\n\rsource_sha256\x18\n \x01(\t\x12\x11\n\ttokenizer\x18\x0b \x01(\t\x12\r\n\x05max_k\x18\x0c \x01(\r\x12\x11\n\tmax_batch\x18\r \x01(\r\x12\x15\n\rmax_documents\x18\x0e \x01(\r\x12\x1b\n\x13max_document_tokens\x18\x0f \x01(\r\x12\x0e\n\x06models\x18\x10 \x03(\t\x12 \n\x18has_document_frequencies\x18\x11 \x01(\x08*/\n\x05Space\x12\x15\n\x11SPACE_UNSPECIFIED\x10\x00\x12\x06\n\x02IN\x10\x01\x12\x07\n\x03OUT\x10\x02\x32\x9c\x04\n\x07\x44ualVec\x12?\n\x06Search\x12\x19.dualvec.v1.SearchRequest\x1a\x1a.dualvec.v1.SearchResponse\x12N\n\x0b\x42\x61tchSearch\x12\x1e.dualvec.v1.BatchSearchRequest\x1a\x1f.dualvec.v1.BatchSearchResponse\x12K\n\nGetVectors\x12\x1d.dualvec.v1.GetVectorsRequest\x1a\x1e.dualvec.v1.GetVectorsResponse\x12K\n\nSimilarity\x12\x1d.dualvec.v1.SimilarityRequest\x1a\x1e.dualvec.v1.SimilarityResponse\x12W\n\x0eScoreDocuments\x12!.dualvec.v1.ScoreDocumentsRequest\x1a\".dualvec.v1.ScoreDocumentsResponse\x12<\n\x07GetInfo\x12\x1a.dualvec.v1.GetInfoRequest\x1a\x15.dualvec.v1.ModelInfo\x12O\n\x0cSearchStream\x12\x19.dualvec.v1.SearchRequest\x1a .dualvec.v1.SearchStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dualvec.v1.dualvec_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SPACE']._serialized_start=2295
-  _globals['_SPACE']._serialized_end=2342
+  _globals['_SPACE']._serialized_start=2479
+  _globals['_SPACE']._serialized_end=2526
   _globals['_SEARCHREQUEST']._serialized_start=41
   _globals['_SEARCHREQUEST']._serialized_end=283
   _globals['_NEIGHBOR']._serialized_start=285
@@ -43,36 +43,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHSEARCHREQUEST']._serialized_end=462
   _globals['_BATCHSEARCHRESPONSE']._serialized_start=464
   _globals['_BATCHSEARCHRESPONSE']._serialized_end=532
-  _globals['_GETVECTORSREQUEST']._serialized_start=534
-  _globals['_GETVECTORSREQUEST']._serialized_end=630
-  _globals['_WORDVECTOR']._serialized_start=632
-  _globals['_WORDVECTOR']._serialized_end=735
-  _globals['_GETVECTORSRESPONSE']._serialized_start=737
-  _globals['_GETVECTORSRESPONSE']._serialized_end=798
-  _globals['_SPACEDWORD']._serialized_start=800
-  _globals['_SPACEDWORD']._serialized_end=860
-  _globals['_WORDPAIR']._serialized_start=862
-  _globals['_WORDPAIR']._serialized_end=942
-  _globals['_SIMILARITYREQUEST']._serialized_start=944
-  _globals['_SIMILARITYREQUEST']._serialized_end=1015
-  _globals['_SIMILARITYRESPONSE']._serialized_start=1017
-  _globals['_SIMILARITYRESPONSE']._serialized_end=1059
-  _globals['_DOCUMENT']._serialized_start=1061
-  _globals['_DOCUMENT']._serialized_end=1113
-  _globals['_SCOREDOCUMENTSREQUEST']._serialized_start=1116
-  _globals['_SCOREDOCUMENTSREQUEST']._serialized_end=1336
-  _globals['_DOCUMENTSCORE']._serialized_start=1338
-  _globals['_DOCUMENTSCORE']._serialized_end=1465
-  _globals['_SCOREDOCUMENTSRESPONSE']._serialized_start=1467
-  _globals['_SCOREDOCUMENTSRESPONSE']._serialized_end=1569
-  _globals['_GETINFOREQUEST']._serialized_start=1571
-  _globals['_GETINFOREQUEST']._serialized_end=1602
-  _globals['_SPACEINDEXINFO']._serialized_start=1604
-  _globals['_SPACEINDEXINFO']._serialized_end=1704
-  _globals['_PAIRINFO']._serialized_start=1707
-  _globals['_PAIRINFO']._serialized_end=1871
-  _globals['_MODELINFO']._serialized_start=1874
-  _globals['_MODELINFO']._serialized_end=2293
-  _globals['_DUALVEC']._serialized_start=2345
-  _globals['_DUALVEC']._serialized_end=2804
+  _globals['_QUERYERROR']._serialized_start=534
+  _globals['_QUERYERROR']._serialized_end=577
+  _globals['_SEARCHSTREAMRESPONSE']._serialized_start=580
+  _globals['_SEARCHSTREAMRESPONSE']._serialized_end=716
+  _globals['_GETVECTORSREQUEST']._serialized_start=718
+  _globals['_GETVECTORSREQUEST']._serialized_end=814
+  _globals['_WORDVECTOR']._serialized_start=816
+  _globals['_WORDVECTOR']._serialized_end=919
+  _globals['_GETVECTORSRESPONSE']._serialized_start=921
+  _globals['_GETVECTORSRESPONSE']._serialized_end=982
+  _globals['_SPACEDWORD']._serialized_start=984
+  _globals['_SPACEDWORD']._serialized_end=1044
+  _globals['_WORDPAIR']._serialized_start=1046
+  _globals['_WORDPAIR']._serialized_end=1126
+  _globals['_SIMILARITYREQUEST']._serialized_start=1128
+  _globals['_SIMILARITYREQUEST']._serialized_end=1199
+  _globals['_SIMILARITYRESPONSE']._serialized_start=1201
+  _globals['_SIMILARITYRESPONSE']._serialized_end=1243
+  _globals['_DOCUMENT']._serialized_start=1245
+  _globals['_DOCUMENT']._serialized_end=1297
+  _globals['_SCOREDOCUMENTSREQUEST']._serialized_start=1300
+  _globals['_SCOREDOCUMENTSREQUEST']._serialized_end=1520
+  _globals['_DOCUMENTSCORE']._serialized_start=1522
+  _globals['_DOCUMENTSCORE']._serialized_end=1649
+  _globals['_SCOREDOCUMENTSRESPONSE']._serialized_start=1651
+  _globals['_SCOREDOCUMENTSRESPONSE']._serialized_end=1753
+  _globals['_GETINFOREQUEST']._serialized_start=1755
+  _globals['_GETINFOREQUEST']._serialized_end=1786
+  _globals['_SPACEINDEXINFO']._serialized_start=1788
+  _globals['_SPACEINDEXINFO']._serialized_end=1888
+  _globals['_PAIRINFO']._serialized_start=1891
+  _globals['_PAIRINFO']._serialized_end=2055
+  _globals['_MODELINFO']._serialized_start=2058
+  _globals['_MODELINFO']._serialized_end=2477
+  _globals['_DUALVEC']._serialized_start=2529
+  _globals['_DUALVEC']._serialized_end=3069
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,11 @@ class DualVecStub:
                 request_serializer=dualvec_dot_v1_dot_dualvec__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=dualvec_dot_v1_dot_dualvec__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.SearchStream = channel.stream_stream(
+                '/dualvec.v1.DualVec/SearchStream',
+                request_serializer=dualvec_dot_v1_dot_dualvec__pb2.SearchRequest.SerializeToString,
+                response_deserializer=dualvec_dot_v1_dot_dualvec__pb2.SearchStreamResponse.FromString,
+                _registered_method=True)
 
 
 class DualVecServicer:
@@ -113,6 +118,18 @@ class DualVecServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchStream(self, request_iterator, context):
+        """Many top-k queries over one call, without batching them: each request sent is answered, in order, by one
+        SearchStreamResponse carrying its position and either its neighbours or its own error (an unknown word fails
+        its query, not the stream). The server reads the next request only once the answer before it is sent, and
+        sending waits for the client's HTTP/2 flow-control window: the server neither reads ahead nor buffers. The
+        call ends when the client closes its side and every answer is sent; cancelling it or its deadline passing
+        stops the work before the next request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DualVecServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +162,11 @@ def add_DualVecServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=dualvec_dot_v1_dot_dualvec__pb2.GetInfoRequest.FromString,
                     response_serializer=dualvec_dot_v1_dot_dualvec__pb2.ModelInfo.SerializeToString,
+            ),
+            'SearchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SearchStream,
+                    request_deserializer=dualvec_dot_v1_dot_dualvec__pb2.SearchRequest.FromString,
+                    response_serializer=dualvec_dot_v1_dot_dualvec__pb2.SearchStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +332,33 @@ class DualVec:
             '/dualvec.v1.DualVec/GetInfo',
             dualvec_dot_v1_dot_dualvec__pb2.GetInfoRequest.SerializeToString,
             dualvec_dot_v1_dot_dualvec__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dualvec.v1.DualVec/SearchStream',
+            dualvec_dot_v1_dot_dualvec__pb2.SearchRequest.SerializeToString,
+            dualvec_dot_v1_dot_dualvec__pb2.SearchStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
