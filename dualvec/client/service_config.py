@@ -6,9 +6,12 @@ Kubernetes headless Service: one per ready pod), or ``ipv4:127.0.0.1:5001,127.0.
 
 - ``round_robin``: a connection to every address, calls spread in turn over those that are up (gRPC's default,
   ``pick_first``, would send every call to one of them);
-- a retry policy for UNAVAILABLE: a call that found its server gone (stopped, restarting, draining past its delay)
-  is sent again, to another server, after a short jittered backoff. Every DualVec method only reads, so a repeat is
-  safe. Overload (RESOURCE_EXHAUSTED) and deadlines are not retried: the server or the caller decided those;
+- a retry policy for UNAVAILABLE and CANCELLED: a call that found its server gone (stopped, restarting) gets
+  UNAVAILABLE; one that reached a server's gRPC core in the instant the server stopped, before the server took it,
+  gets CANCELLED (seen in tests/test_replicas.py: about one call per restart under six client threads). Either is
+  sent again, to another server, after a short jittered backoff. Every DualVec method only reads, so a repeat is
+  safe; a call the caller itself cancels is never repeated. Overload (RESOURCE_EXHAUSTED) and deadlines are not
+  retried: the server or the caller decided those;
 - retry throttling: when most calls fail (every server down), retries stop instead of multiplying the load.
 
 The JSON is gRPC's own service config (gRPC's A6 retry design and service_config.proto), so a Go client takes the
@@ -34,7 +37,7 @@ DEFAULT_SERVICE_CONFIG = """\
       "initialBackoff": "0.1s",
       "maxBackoff": "1s",
       "backoffMultiplier": 2,
-      "retryableStatusCodes": ["UNAVAILABLE"]
+      "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]
     }
   }],
   "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1}

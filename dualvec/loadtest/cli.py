@@ -9,7 +9,9 @@ import shlex
 import sys
 
 from dualvec.cli.credentials import add_credential_options, client_credentials
+from dualvec.cli.main import add_service_config_option
 from dualvec.client.credentials import channel_credentials
+from dualvec.client.service_config import load_service_config
 from dualvec.kernel.errors import DualvecError
 from dualvec.loadtest.driver import Runner, Target, auto_interval, idle_answers
 from dualvec.loadtest.errors import LoadtestError
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "           dualvec loadtest 127.0.0.1:50051 --rate 1000 --duration 20 --plot run.png\n"
         "           dualvec loadtest 127.0.0.1:50051 --sweep auto --processes 2 --plot capacity.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("address", metavar="ADDR", help="server address, HOST:PORT")
+    p.add_argument("address", metavar="ADDR", help="server address, HOST:PORT, or any gRPC target naming several "
+                   "servers (dns:///HOST:PORT, ipv4:HOST:PORT,HOST:PORT), balanced as --service-config says")
     how = p.add_mutually_exclusive_group()
     how.add_argument("-c", "--concurrency", type=int, help="closed loop with N clients (default: 8, unless --rate "
                      "or --sweep is given)")
@@ -84,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server (10)")
     p.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
     add_credential_options(p)
+    add_service_config_option(p)
     return p
 
 
@@ -161,6 +165,8 @@ def _run(args) -> int:
     try:
         access = client_credentials(args)
         channel_credentials(access["tls_ca"], access["tls_cert"], access["tls_key"])  # PEM files readable
+        load_service_config(args.service_config)  # a bad one is named before anything starts
+        access["service_config"] = args.service_config
     except DualvecError as exc:
         raise LoadtestError(str(exc)) from None
     # set-up on a connection of its own: server info, the vocabulary, the request pool, idle answers

@@ -204,12 +204,17 @@ class Target:
     """One process's connection(s) to the server: multi-callables that send serialized requests as they are."""
 
     def __init__(self, address: str, channels: int = 1, access: dict | None = None):
-        """access: token and TLS (dualvec.client.credentials.open_channel's keyword arguments)."""
+        """access: token and TLS (dualvec.client.credentials.open_channel's keyword arguments), and the
+        ``service_config`` for ``address`` (dualvec.client.service_config: None, the default, balances the calls
+        over every server the address resolves to)."""
         from dualvec.client.credentials import open_channel
+        from dualvec.client.service_config import channel_options
 
-        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        access = dict(access or {})
+        opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+                *channel_options(access.pop("service_config", None))]
         # distinct channel args keep gRPC from sharing one connection between the channels
-        self.channels = [open_channel(address, options=opts + [("dualvec.loadtest.channel", i)], **(access or {}))
+        self.channels = [open_channel(address, options=opts + [("dualvec.loadtest.channel", i)], **access)
                          for i in range(max(1, channels))]
         self.callables = [{m: ch.unary_unary(m, request_serializer=None, response_deserializer=None)
                            for m in (SEARCH, BATCH, SCORE)} for ch in self.channels]

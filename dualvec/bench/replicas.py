@@ -1,0 +1,222 @@
+"""Local replicas: several `dualvec serve` processes on one machine behind a client's round_robin, the way a
+Kubernetes headless Service puts pods behind one name (docs/scaling.md).
+
+- ``rolling_restart``: client threads call through one target naming every replica (``ipv4:a,b,c``, the default
+  service config: round_robin, UNAVAILABLE retried) while each replica in turn gets SIGTERM, is watched through
+  its own health service until it exits, and is started again on the same port. Counts every failed call and
+  whether each draining replica said NOT_SERVING before it exited.
+- ``measure``: for 1, 2, 3... replicas, `dualvec loadtest` through the same kind of target (closed loop, 32
+  clients by default), and each replica's memory.
+
+On one machine the replicas share its CPUs (and the load generator takes its share too): more replicas add
+processes, not cores. What this measures is the client-side balancing and the cost of running replicas apart
+(one Python process per core), not the throughput of replicas on machines of their own.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dualvec.client import Client, ClientError, pick_free_port, wait_until_serving
+
+log = logging.getLogger("dualvec.bench.replicas")
+
+DUALVEC = str(Path(sys.executable).with_name("dualvec"))
+STATUS_NAMES = health_pb2.HealthCheckResponse.ServingStatus.Name
+
+
+@dataclass
+class Replica:
+    """One `dualvec serve BUNDLE --port PORT --processes 1` subprocess, restartable on the same port. ``args``
+    are more serve options (``--drain-delay``, ``--grace``...); its log goes to ``log_path`` (appended)."""
+
+    bundle: str
+    port: int
+    args: tuple[str, ...] = ()
+    log_path: Path | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "Replica":
+        out = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen([DUALVEC, "serve", self.bundle, "--port", str(self.port), "--processes", "1",
+                                      "--cpus", "all", *self.args], stdout=out, stderr=out,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if out is not subprocess.DEVNULL:
+            out.close()
+        return self
+
+    def wait_serving(self, timeout: float = 60.0) -> "Replica":
+        wait_until_serving(self.address, timeout, process=self.proc)
+        return self
+
+    def health(self, timeout: float = 1.0) -> str:
+        """Health of this replica alone (a connection of its own): a status name, or the error's code name."""
+        with grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            try:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            except grpc.RpcError as exc:
+                return exc.code().name
+        return STATUS_NAMES(status.status)
+
+    def terminate_watching(self, timeout: float) -> dict:
+        """SIGTERM, then ask health every 50 ms until the process exits. Returns its exit code, the seconds it took,
+        and the statuses heard in order (repeats folded)."""
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        heard: list[str] = []
+        while self.proc.poll() is None and time.monotonic() - began < timeout:
+            status = self.health(timeout=0.5)
+            if self.proc.poll() is None and (not heard or heard[-1] != status):
+                heard.append(status)
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        return {"port": self.port, "exit_code": code, "seconds": round(time.monotonic() - began, 2), "heard": heard}
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def memory(self) -> dict:
+        """RSS, PSS and USS of the server process, in MiB."""
+        info = psutil.Process(self.proc.pid).memory_full_info()
+        return {name: round(getattr(info, name) / 2**20, 1) for name in ("rss", "pss", "uss")}
+
+
+def target_of(replicas: list[Replica]) -> str:
+    """One gRPC target naming every replica (what a headless Service's DNS name resolves to)."""
+    return "ipv4:" + ",".join(r.address for r in replicas)
+
+
+def start_replicas(bundle: str, count: int, args: tuple[str, ...] = (), log_dir: Path | None = None,
+                   timeout: float = 120.0) -> list[Replica]:
+    replicas = [Replica(bundle, pick_free_port(), args, (log_dir / f"replica-{i}.log") if log_dir else None)
+                for i in range(count)]
+    try:
+        for r in replicas:
+            r.start()
+        for r in replicas:
+            r.wait_serving(timeout)
+    except BaseException:
+        stop_replicas(replicas)
+        raise
+    return replicas
+
+
+def stop_replicas(replicas: list[Replica]) -> None:
+    for r in replicas:
+        if r.proc is not None and r.proc.poll() is None:
+            r.proc.send_signal(signal.SIGTERM)
+    for r in replicas:
+        if r.proc is not None:
+            try:
+                r.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                r.kill()
+
+
+@dataclass
+class ClientThreads:
+    """``threads`` threads, each with its own dualvec.Client on ``target`` (default service config), calling
+    Search in a loop until ``finish``; calls and failures are counted."""
+
+    target: str
+    threads: int = 6
+    words: tuple[str, ...] = ("the",)
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, i: int) -> None:
+        spaces = ("in", "out")
+        with Client(self.target, timeout=10.0) as client:
+            n = i
+            while not self._stop.is_set():
+                word = self.words[n % len(self.words)]
+                try:
+                    client.search([word], query_space=spaces[n % 2], target_space=spaces[(n // 2) % 2], k=10)
+                    with self._lock:
+                        self.ok += 1
+                except ClientError as exc:
+                    with self._lock:
+                        self.failures.append(f"{exc.code.name}: {exc.details}")
+                n += 1
+
+    def finish(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
+def rolling_restart(replicas: list[Replica], *, threads: int = 6, words: tuple[str, ...] = ("the",),
+                    settle: float = 1.0, timeout: float = 60.0) -> dict:
+    """Restart each replica in turn (SIGTERM, watched until it exits; started again on its port; SERVING) while
+    ``threads`` client threads call through every replica; ``settle`` seconds of load before the first and after
+    each restart. Returns the calls answered, the failures, and what each drain looked like."""
+    load = ClientThreads(target_of(replicas), threads, words)
+    drains = []
+    try:
+        time.sleep(settle)
+        for r in replicas:
+            drains.append(r.terminate_watching(timeout))
+            r.start().wait_serving(timeout)
+            time.sleep(settle)
+    finally:
+        load.finish()
+    for d in drains:
+        d["not_serving_before_exit"] = "NOT_SERVING" in d["heard"]
+    return {"target": target_of(replicas), "threads": threads, "calls_ok": load.ok,
+            "calls_failed": len(load.failures), "failures": load.failures[:10], "drains": drains}
+
+
+def loadtest(target: str, *, concurrency: int = 32, duration: float = 10.0, warmup: float = 2.0,
+             processes: int = 2, channels: int = 4, extra: tuple[str, ...] = ()) -> dict:
+    """`dualvec loadtest TARGET` (closed loop) as a subprocess; its JSON summary."""
+    cmd = [DUALVEC, "loadtest", target, "--concurrency", str(concurrency), "--duration", str(duration),
+           "--warmup", str(warmup), "--processes", str(processes), "--channels", str(channels), "--json", *extra]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + warmup + 300)
+    if run.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {run.stderr.strip().splitlines()[-1:]}")
+    return json.loads(run.stdout)
+
+
+def measure(bundle: str, counts: tuple[int, ...] = (1, 2, 3), *, concurrency: int = 32, duration: float = 10.0,
+            warmup: float = 2.0, processes: int = 2, channels: int = 4, args: tuple[str, ...] = (),
+            log_dir: Path | None = None) -> list[dict]:
+    """For each replica count: start the replicas, load-test them through one round_robin target, read each
+    replica's memory, stop them. One dict per count."""
+    rows = []
+    for count in counts:
+        replicas = start_replicas(bundle, count, args, log_dir)
+        try:
+            result = loadtest(target_of(replicas), concurrency=concurrency, duration=duration, warmup=warmup,
+                              processes=processes, channels=channels)
+            memory = [r.memory() for r in replicas]
+        finally:
+            stop_replicas(replicas)
+        rows.append({"replicas": count, "result": result, "memory_mib": memory})
+    return rows
