@@ -34,6 +34,11 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def seconds(value: float) -> str:
+    """A duration with the digits it needs: '0.062 s', '0.8 s', '14.1 s' (never '0.0 s' for a short build)."""
+    return f"{value:.2g} s" if value < 1 else f"{value:.1f} s"
+
+
 def format_summary(s: dict) -> str:
     lines = [f"bundle      {s['path']}",
              f"format      v{s['format_version']} (dualvec {s['dualvec_version']}, {s['created']})",
@@ -44,11 +49,13 @@ def format_summary(s: dict) -> str:
              + ("" if s["has_out"] else "   (IN only: no OUT space)"),
              f"size        {_mib(s['bytes'])}"]
     if s.get("build") and s["build"].get("seconds"):
-        lines.append(f"built in    {s['build']['seconds']:.1f} s, peak memory {s['build']['peak_memory_mib']:,.0f} MiB")
+        # the manifest times what the bundle took from the read model; `dualvec build` prints the whole wall time
+        lines.append(f"indexed in  {seconds(s['build']['seconds'])} (normalizing, indexing and tuning), peak memory "
+                     f"{s['build']['peak_memory_mib']:,.0f} MiB")
     lines.append("")
-    lines.append(f"{'space':<6} {'index':<40} {'build s':>8} {'size':>14}")
+    lines.append(f"{'space':<6} {'index':<40} {'build':>8} {'size':>14}")
     for name, meta in s["indexes"].items():
-        lines.append(f"{name.upper():<6} {meta['index']:<40} {meta['build_seconds'] or 0:>8.1f} "
+        lines.append(f"{name.upper():<6} {meta['index']:<40} {seconds(meta['build_seconds'] or 0):>8} "
                      f"{_mib(meta['bytes']):>14}")
     lines.append("")
     lines.append(f"{'pair':<10} {'search params':<34} {'recall@10 uniform':>18} {'by frequency':>13} {'us/query':>9}")

@@ -5,19 +5,35 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from dualvec import __version__
 from dualvec.cli.credentials import add_credential_options
+from dualvec.cli.defaults import default_of, resolve_defaults
 from dualvec.kernel.errors import DualvecError
 
 log = logging.getLogger("dualvec")
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command that SIGPIPE ended: its reader went away (| head)
+
+# where the option defaults live (dualvec.cli.defaults): each is written once, in the config it configures
+TRAIN = "dualvec.indexer.training:TrainConfig"
+BUILD = "dualvec.indexer.build:BuildConfig"
+TUNING = "dualvec.kernel.manifest:TuningConfig"
+SERVER = "dualvec.server.app:ServerConfig"
+SEARCH = "dualvec.kernel.search:SearchQuery"
+CLIENT = "dualvec.client:Client"
+RANK = "dualvec.cli.rank:RankConfig"
+EVALUATE = "dualvec.evaluation:EvaluateConfig"
+UINT32_MAX = 2**32 - 1  # k and restrict_vocab travel as uint32
 
 
 # ------------------------------------------------------------------------------------------------------ subcommands
@@ -39,7 +55,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from dualvec.indexer.build import BuildConfig, build_bundle
     from dualvec.indexer.model_readers import read_model, read_vector_pair
     from dualvec.indexer.tuning import TuningConfig
+    from dualvec.cli.info import seconds
 
+    started = time.perf_counter()  # the whole build: reading the source, indexing, tuning, writing
     if args.model and (args.in_vectors or args.out_vectors):
         raise DualvecError("give either MODEL or --in-vectors/--out-vectors, not both")
     if not args.model and not args.in_vectors:
@@ -59,8 +77,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                       tuning=TuningConfig(target_recall=args.target_recall, tune_queries=args.tune_queries,
                                           eval_queries=args.eval_queries))
     manifest = build_bundle(source, output, cfg)
-    print(f"built {output}: {manifest['vocab_size']:,} words x {manifest['dim']} dims, spaces "
-          f"{', '.join(s.upper() for s in manifest['spaces'])}, in {manifest['build']['seconds']:.1f} s")
+    print(f"built {output}: {manifest.vocab_size:,} words x {manifest.dim} dims, spaces "
+          f"{', '.join(s.upper() for s in manifest.spaces)}, in {seconds(time.perf_counter() - started)}")
     return 0
 
 
@@ -121,9 +139,47 @@ def add_service_config_option(p: argparse.ArgumentParser) -> None:
                    "(default: round_robin, UNAVAILABLE retried; docs/scaling.md)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose refusals are one line, "dualvec query: error: argument -k: ...", exit 2 (the usage is in
+    --help). Subcommand parsers are of the same class."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def whole_number(low: int, high: int | None = None, *, meaning: str = ""):
+    """An argparse type: an integer from ``low`` to ``high`` (None: no upper bound); the refusal names the range."""
+    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {span}{meaning}, got {text!r}")
+        return value
+
+    return parse
+
+
+def number(low: float, *, above: bool = False):
+    """An argparse type: a finite number >= ``low`` (> ``low`` with above=True)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"must be a number {'above' if above else 'of at least'} {low:g}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dualvec", description="Serve both embedding spaces (IN and OUT) of a "
-                                     "word2vec model.")
+    parser = Parser(prog="dualvec", description="Serve both embedding spaces (IN and OUT) of a word2vec model.")
     parser.add_argument("--version", action="version", version=f"dualvec {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -135,17 +191,33 @@ def build_parser() -> argparse.ArgumentParser:
                        "line, and save the full model (syn1neg = OUT kept).")
     p.add_argument("corpus", help="text file, one sentence (document) per line")
     p.add_argument("-o", "--output", required=True, help="model path (gensim .model)")
-    p.add_argument("--dim", type=int, default=100, help="vector dimension (default 100)")
-    p.add_argument("--window", type=int, default=5, help="context window (default 5)")
-    p.add_argument("--min-count", type=int, default=5, help="ignore rarer words (default 5)")
-    p.add_argument("--epochs", type=int, default=5, help="passes over the corpus (default 5)")
-    p.add_argument("--sg", action="store_true", help="skip-gram (default CBOW)")
-    p.add_argument("--negative", type=int, default=5, help="negative samples, > 0 (default 5)")
-    p.add_argument("--sample", type=float, default=1e-3, help="down-sampling of frequent words (default 1e-3)")
-    p.add_argument("--workers", type=int, default=0, help="training threads (default: every core)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--tokenizer", default="simple", choices=("simple", "lower", "whitespace"),
-                   help="how lines are split into tokens (default simple: lowercase letters and digits)")
+    p.add_argument("--dim", type=whole_number(1), default=default_of(TRAIN, "dim"),
+                   help="vector dimension (default %(default)s)")
+    p.add_argument("--window", type=whole_number(1), default=default_of(TRAIN, "window"),
+                   help="context window (default %(default)s)")
+    p.add_argument("--min-count", type=whole_number(1), default=default_of(TRAIN, "min_count"),
+                   help="ignore rarer words (default %(default)s)")
+    p.add_argument("--epochs", type=whole_number(1), default=default_of(TRAIN, "epochs"),
+                   help="passes over the corpus (default %(default)s); a small corpus needs more: train warns "
+                        "when the vectors would come out all alike, and says how many")
+    algorithm = p.add_mutually_exclusive_group()
+    algorithm.add_argument("--sg", dest="sg", action="store_const", const=True,
+                           help="skip-gram, the default: each word predicts its neighbours; slower per epoch than "
+                                "CBOW, and needs about 2.5 times fewer passes over a word for useful vectors")
+    algorithm.add_argument("--cbow", dest="sg", action="store_const", const=False,
+                           help="CBOW: the averaged neighbours predict the word; faster per epoch, fine on large "
+                                "corpora, on a small one it needs about 2.5 times the epochs of skip-gram")
+    p.set_defaults(sg=default_of(TRAIN, "sg"))
+    p.add_argument("--negative", type=int, default=default_of(TRAIN, "negative"),
+                   help="negative samples, > 0 (default %(default)s)")
+    p.add_argument("--sample", type=number(0.0), default=default_of(TRAIN, "sample"),
+                   help="down-sampling of frequent words (default %(default)s)")
+    p.add_argument("--workers", type=whole_number(0), default=default_of(TRAIN, "workers"),
+                   help="training threads (default 0: every core)")
+    p.add_argument("--seed", type=int, default=default_of(TRAIN, "seed"), help="random seed (default %(default)s)")
+    p.add_argument("--tokenizer", default=default_of(TRAIN, "tokenizer"), choices=("simple", "lower", "whitespace"),
+                   help="how lines are split into tokens (default %(default)s; simple: lowercase letters and "
+                        "digits)")
     p.add_argument("--force", action="store_true", help="replace an existing model")
     p.set_defaults(func=cmd_train)
 
@@ -159,16 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-vectors", help="word2vec-format file (text or binary) of the IN vectors")
     p.add_argument("--out-vectors", help="word2vec-format file (text or binary) of the OUT vectors")
     p.add_argument("-o", "--output", required=True, help="bundle directory to write")
-    p.add_argument("--index", default="auto",
+    p.add_argument("--index", default=default_of(BUILD, "index"),
                    help="auto (exact below 20k words, an HNSW graph above), flat, hnsw, ivf, ivfpq, or a FAISS "
                         "factory string (inner product; scalar quantizers get rows zero-padded to a multiple of 8)")
-    p.add_argument("--target-recall", type=float, default=0.95, help="recall@10 each pair is tuned to (0.95)")
-    p.add_argument("--tune-queries", type=int, default=400, help="tuning queries per distribution (400)")
-    p.add_argument("--eval-queries", type=int, default=1000, help="held-out queries per distribution (1000)")
+    p.add_argument("--target-recall", type=float, default=default_of(TUNING, "target_recall"),
+                   help="recall@10 each pair is tuned to (%(default)s)")
+    p.add_argument("--tune-queries", type=whole_number(1), default=default_of(TUNING, "tune_queries"),
+                   help="tuning queries per distribution (%(default)s)")
+    p.add_argument("--eval-queries", type=whole_number(1), default=default_of(TUNING, "eval_queries"),
+                   help="held-out queries per distribution (%(default)s)")
     p.add_argument("--in-only", action="store_true", help="accept a source without OUT; the bundle has IN only")
     p.add_argument("--tokenizer", choices=("simple", "lower", "whitespace"),
                    help="tokenizer for DESM text (default: what `dualvec train` recorded, else simple)")
-    p.add_argument("--threads", type=int, default=0, help="FAISS threads while building (default: all)")
+    p.add_argument("--threads", type=whole_number(0), default=default_of(BUILD, "threads"),
+                   help="FAISS threads while building (default 0: all)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.set_defaults(func=cmd_build)
 
@@ -180,34 +256,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=[common], help="serve bundles over gRPC")
     p.add_argument("bundle", nargs="+", help="bundle directory; several are served by name (the first is default)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    p.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for (1000)")
-    p.add_argument("--max-batch", type=int, default=1024, help="most requests in one BatchSearch (1024)")
-    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads (16)")
-    p.add_argument("--max-queue", type=int, default=256,
-                   help="calls admitted at once; more are refused with RESOURCE_EXHAUSTED (256)")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="concurrent searches answered by one FAISS call; 1 turns batching off (64)")
-    p.add_argument("--concurrent-batches", type=int, default=2, help="FAISS calls running at once (2)")
-    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown (5)")
-    p.add_argument("--drain-delay", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--host", default=default_of(SERVER, "host"), help="address to bind (%(default)s)")
+    p.add_argument("--port", type=int, default=default_of(SERVER, "port"), help="0 picks a free port (%(default)s)")
+    p.add_argument("--max-k", type=int, default=default_of(SERVER, "max_k"),
+                   help="largest k a request may ask for (%(default)s)")
+    p.add_argument("--max-batch", type=int, default=default_of(SERVER, "max_batch"),
+                   help="most requests in one BatchSearch (%(default)s)")
+    p.add_argument("--workers", type=int, default=default_of(SERVER, "workers"),
+                   help="gRPC worker threads (%(default)s)")
+    p.add_argument("--max-queue", type=int, default=default_of(SERVER, "max_queue"),
+                   help="calls admitted at once; more are refused with RESOURCE_EXHAUSTED (%(default)s)")
+    p.add_argument("--batch-size", type=int, default=default_of(SERVER, "batch_size"),
+                   help="concurrent searches answered by one FAISS call; 1 turns batching off (%(default)s)")
+    p.add_argument("--concurrent-batches", type=int, default=default_of(SERVER, "concurrent_batches"),
+                   help="FAISS calls running at once (%(default)s)")
+    p.add_argument("--grace", type=float, default=default_of(SERVER, "grace_seconds"),
+                   help="seconds in-flight calls get at shutdown (%(default)s)")
+    p.add_argument("--drain-delay", type=float, default=default_of(SERVER, "drain_delay"), metavar="SECONDS",
                    help="on SIGTERM, health turns NOT_SERVING and calls are still answered this long, for probes "
-                        "and clients to move elsewhere, before new calls are refused and --grace begins (5)")
+                        "and clients to move elsewhere, before new calls are refused and --grace begins "
+                        "(%(default)s)")
     p.add_argument("--health-port", type=int, metavar="PORT",
                    help="also serve gRPC health alone, in plaintext, on this port: for Kubernetes' gRPC probes, "
                         "which cannot speak TLS (default: none)")
-    p.add_argument("--max-connection-age", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--max-connection-age", type=float, default=default_of(SERVER, "max_connection_age"),
+                   metavar="SECONDS",
                    help="close each client connection after this long (calls in flight get --grace), so that "
-                        "clients resolve the address again and find new replicas; 0 = never (0)")
+                        "clients resolve the address again and find new replicas; 0 = never (%(default)s)")
     p.add_argument("--skip-checksums", action="store_true", help="check file sizes only at load, not sha256")
-    p.add_argument("--cpus", default="auto", metavar="LIST",
+    p.add_argument("--cpus", default=default_of(SERVER, "cpus"), metavar="LIST",
                    help="CPUs the server runs on: 'auto' (one CPU on machines with 2 or fewer, where that measured "
                         "faster; the OS decides on bigger ones), 'all', or a list like '1', '0,2', '0-3'")
-    p.add_argument("--processes", type=int, default=0, metavar="N",
+    p.add_argument("--processes", type=int, default=default_of(SERVER, "processes"), metavar="N",
                    help="server processes sharing the port and one loaded bundle, each on its own CPU of --cpus: "
                         "more throughput under many clients, the same latency for one; 0 = auto: one per CPU on "
-                        "machines with 2 or fewer, where that measured faster, else 1 (0)")
+                        "machines with 2 or fewer, where that measured faster, else 1 (%(default)s)")
     p.add_argument("--no-prefault", action="store_true",
                    help="map the vectors' pages on first use instead of at load: a faster start, but early "
                         "queries pay a page fault per row they read (at 1M x 300, 1.7x slower searches)")
@@ -232,13 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a word to subtract (same as writing -WORD)")
     p.add_argument("--from", dest="query_space", default="in", choices=("in", "out"), help="query space (in)")
     p.add_argument("--to", dest="target_space", default="in", choices=("in", "out"), help="searched space (in)")
-    p.add_argument("-k", type=int, default=10, help="neighbours (10)")
-    p.add_argument("--addr", default="127.0.0.1:50051",
-                   help="server address (127.0.0.1:50051), or any gRPC target: dns:///HOST:PORT, ipv4:A:P,B:P")
+    p.add_argument("-k", type=whole_number(1, UINT32_MAX), default=default_of(SEARCH, "k"),
+                   help="neighbours (%(default)s); a server refuses more than its --max-k")
+    p.add_argument("--addr", default=default_of(CLIENT, "address"),
+                   help="server address (%(default)s), or any gRPC target: dns:///HOST:PORT, ipv4:A:P,B:P")
     p.add_argument("--exact", action="store_true", help="exhaustive search (ground truth)")
-    p.add_argument("--restrict-vocab", type=int, default=0, help="only the N most frequent words")
+    p.add_argument("--restrict-vocab", type=whole_number(0, UINT32_MAX, meaning=" (0: the whole vocabulary)"),
+                   default=default_of(SEARCH, "restrict_vocab"), metavar="N",
+                   help="only the N most frequent words (%(default)s: all of them)")
     p.add_argument("--model", default="", help="bundle name on a server serving several")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
+    p.add_argument("--timeout", type=number(0.0, above=True), default=default_of(CLIENT, "timeout"),
+                   help="seconds (%(default)s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_service_config_option(p)
     add_credential_options(p)
@@ -253,10 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="query text")
     p.add_argument("documents", help="DOCS.jsonl (objects with id and text or tokens) or DOCS.txt (a line each)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--addr", help="server address")
+    where.add_argument("--addr", help=f"server address (default {default_of(CLIENT, 'address')})")
     where.add_argument("--bundle", help="score locally on this bundle")
-    p.add_argument("--space", default="in-out", choices=("in-out", "in-in"), help="DESM variant to rank by")
-    p.add_argument("--bm25-weight", type=float, default=0.0, help="w in (1-w) DESM + w BM25 (0)")
+    p.add_argument("--space", default=default_of(RANK, "space"), choices=("in-out", "in-in"),
+                   help="DESM variant to rank by (%(default)s)")
+    p.add_argument("--bm25-weight", type=float, default=default_of(RANK, "bm25_weight"),
+                   help="w in (1-w) DESM + w BM25 (%(default)s)")
     p.add_argument("--model", default="", help="bundle name on a server serving several")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_service_config_option(p)
@@ -266,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="word similarity, analogies, DESM and recall of bundles")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--analogy-limit", type=int, default=0, help="at most N analogy questions (0 = all)")
+    p.add_argument("--analogy-limit", type=whole_number(0), default=default_of(EVALUATE, "analogy_limit"),
+                   help="at most N analogy questions (%(default)s; 0 = all)")
     p.set_defaults(func=cmd_evaluate)
 
     from dualvec.cli.neighbors import add_parser as add_neighbors_parser
@@ -299,13 +389,32 @@ def negatives_as_options(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`dualvec info BUNDLE | head`): end quietly, as a Unix tool that SIGPIPE
+    ends. stdout is pointed at /dev/null so that flushing it at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout (a caller's capture)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "loadtest":  # its own parser takes every option, --help included
         from dualvec.loadtest import main as loadtest_main
 
         return loadtest_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(negatives_as_options(argv))
+    args = resolve_defaults(parser.parse_args(negatives_as_options(argv)))
     debug = getattr(args, "debug", False)
     level = logging.DEBUG if debug else (logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     if getattr(args, "log_format", "text") == "json":
@@ -322,7 +431,11 @@ def main(argv: list[str] | None = None) -> int:
         main_pid = os.getpid()
         signal.signal(signal.SIGTERM, lambda signum, frame: _raise_interrupt(main_pid))
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away is seen here, while main() can still end quietly
+        return code
+    except BrokenPipeError:
+        raise  # main() ends quietly; not an error of the command
     except KeyboardInterrupt:
         print("dualvec: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

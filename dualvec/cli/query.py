@@ -6,6 +6,7 @@ import json
 
 from dualvec.cli.credentials import client_credentials
 from dualvec.client import Client
+from dualvec.kernel.errors import DualvecError
 from dualvec.kernel.results import Neighbor
 
 
@@ -27,13 +28,27 @@ def format_neighbors(title: str, neighbors: list[Neighbor]) -> str:
     return "\n".join(lines)
 
 
+def check_words(words: list[str]) -> None:
+    """A word the request cannot carry (bytes that are not UTF-8 in the command line) is refused by name."""
+    for word in words:
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = word.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise DualvecError(f"the word '{shown}' is not valid UTF-8") from None
+
+
 def run_query(args: argparse.Namespace) -> int:
     pos, neg = split_words(args.words)
     neg += list(getattr(args, "negative", []) or [])
+    check_words(pos + neg)
     with Client(args.addr, timeout=args.timeout, model=args.model,
                 service_config=getattr(args, "service_config", None), **client_credentials(args)) as client:
-        neighbors = client.search(pos, neg, query_space=args.query_space, target_space=args.target_space,
-                                  k=args.k, restrict_vocab=args.restrict_vocab, exact=args.exact)
+        try:
+            neighbors = client.search(pos, neg, query_space=args.query_space, target_space=args.target_space,
+                                      k=args.k, restrict_vocab=args.restrict_vocab, exact=args.exact)
+        except ValueError as exc:  # a value the request cannot hold (the parser's ranges keep these out)
+            raise DualvecError(f"the request cannot be sent: {exc}") from None
     if args.json:
         print(json.dumps({"positive": pos, "negative": neg, "from": args.query_space, "to": args.target_space,
                           "k": args.k, "exact": args.exact,

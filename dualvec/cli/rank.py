@@ -7,8 +7,12 @@ scored here (dualvec.kernel.desm, the function the server answers ScoreDocuments
 ``--addr`` through dualvec.client.
 
 Ranking is by the chosen DESM variant (``--space``, mixed with BM25 by ``--bm25-weight``). A document none of whose
-words the model knows has no DESM score (0, flagged by ``document_words_found = 0``); it is ranked last, since DESM
-IN-OUT values are typically negative and 0 would otherwise put it first.
+words the model knows has no DESM score (0, flagged by ``document_words_found = 0``): it is marked unscored
+(``scored: false``, "-" in the table) and ranked after every scored one, since DESM IN-OUT values are typically
+negative and 0 would otherwise put it first.
+
+The query is tokenized here in both cases, with the bundle's tokenizer (from the server's GetInfo with ``--addr``),
+so that the header names the same tokens whichever scored it.
 """
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ from pathlib import Path
 from dualvec.cli.credentials import client_credentials
 from dualvec.kernel.errors import DualvecError, SpaceUnavailable
 
-DEFAULT_ADDR = "127.0.0.1:50051"
 VARIANTS = (("in-out", "out"), ("in-in", "in"))   # (name, document space); the query space is IN
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -64,13 +67,15 @@ class RankedDocument:
     query_words_found: int
     document_words_found: int
     preview: str
+    scored: bool = True          # False: no word of the document is known, so it has no DESM score; ranked last
 
 
 def run_rank(args: argparse.Namespace) -> int:
     """The `rank` subcommand."""
     cfg = RankConfig(query=args.query, documents=args.documents, addr=getattr(args, "addr", None),
-                     bundle=getattr(args, "bundle", None), space=getattr(args, "space", "in-out"),
-                     bm25_weight=float(getattr(args, "bm25_weight", 0.0)), model=getattr(args, "model", "") or "",
+                     bundle=getattr(args, "bundle", None), space=getattr(args, "space", RankConfig.space),
+                     bm25_weight=float(getattr(args, "bm25_weight", RankConfig.bm25_weight)),
+                     model=getattr(args, "model", "") or "",
                      as_json=bool(getattr(args, "json", False)), service_config=getattr(args, "service_config", None),
                      credentials=client_credentials(args))
     if cfg.space not in dict(VARIANTS):
@@ -84,7 +89,7 @@ def run_rank(args: argparse.Namespace) -> int:
     if cfg.as_json:
         print(json.dumps({"query": cfg.query, "query_tokens": query_tokens, "ranked_by": cfg.space,
                           "bm25_weight": cfg.bm25_weight, "bm25_document_frequencies": source,
-                          "scored_by": f"bundle {cfg.bundle}" if cfg.bundle else f"server {cfg.addr or DEFAULT_ADDR}",
+                          "scored_by": f"bundle {cfg.bundle}" if cfg.bundle else f"server {server_address(cfg)}",
                           "documents": [asdict(r) for r in ranked]}, indent=2))
     else:
         print(format_ranking(cfg, ranked, source, query_tokens))
@@ -158,22 +163,32 @@ def score_locally(cfg: RankConfig, documents: Sequence[Document]):
     return per_variant, source, query_tokens
 
 
+def server_address(cfg: RankConfig) -> str:
+    """--addr, or the client's default address."""
+    from dualvec.cli.defaults import default_of
+
+    return cfg.addr or str(default_of("dualvec.client:Client", "address"))
+
+
 def score_remotely(cfg: RankConfig, documents: Sequence[Document]):
-    """Score through a running server (dualvec.client.Client.score_documents). Same return as score_locally; the
-    query tokens are not known here (the server tokenizes), so None."""
+    """Score through a running server (dualvec.client.Client.score_documents). Same return as score_locally: the
+    query is tokenized here with the tokenizer the server reports (GetInfo) and sent as tokens."""
     import grpc
 
     from dualvec.client import Client, ClientError
+    from dualvec.kernel.tokenizer import Tokenizer
 
     payload = [{"id": d.id, "tokens": list(d.tokens)} if d.tokens is not None else {"id": d.id, "text": d.text}
                for d in documents]
     per_variant, source = {}, ""
-    with Client(cfg.addr or DEFAULT_ADDR, model=cfg.model, service_config=cfg.service_config,
+    with Client(server_address(cfg), model=cfg.model, service_config=cfg.service_config,
                 **(cfg.credentials or {})) as client:
+        query_tokens = Tokenizer.from_dict(client.info().get("tokenizer") or None)(cfg.query)
         for name, document_space in VARIANTS:
             try:
-                result = client.score_documents(cfg.query, documents=payload, query_space="in",
-                                                document_space=document_space, bm25_weight=cfg.bm25_weight)
+                result = client.score_documents(cfg.query, query_tokens=query_tokens, documents=payload,
+                                                query_space="in", document_space=document_space,
+                                                bm25_weight=cfg.bm25_weight)
             except ClientError as exc:
                 # the other variant's space may be missing (an IN-only bundle): show "-" for it
                 if name == cfg.space or exc.code != grpc.StatusCode.FAILED_PRECONDITION:
@@ -182,7 +197,7 @@ def score_remotely(cfg: RankConfig, documents: Sequence[Document]):
                 continue
             per_variant[name] = list(result.scores)
             source = result.bm25_document_frequencies
-    return per_variant, source, None
+    return per_variant, source, query_tokens
 
 
 def rank(per_variant: dict, documents: Sequence[Document], space: str) -> list[RankedDocument]:
@@ -203,7 +218,8 @@ def rank(per_variant: dict, documents: Sequence[Document], space: str) -> list[R
             desm_in_out=None if columns["in-out"] is None else float(columns["in-out"][i].desm),
             desm_in_in=None if columns["in-in"] is None else float(columns["in-in"][i].desm),
             bm25=float(main.bm25), query_words_found=int(main.query_words_found),
-            document_words_found=int(main.document_words_found), preview=documents[i].preview()))
+            document_words_found=int(main.document_words_found), preview=documents[i].preview(),
+            scored=main.document_words_found > 0))
     return ranked
 
 
@@ -223,7 +239,8 @@ def format_ranking(cfg: RankConfig, ranked: list[RankedDocument], source: str, q
              f"{source or '?'}"]
     header = ["rank", "id", "score", "DESM IN-OUT", "DESM IN-IN", "BM25", "known words", "text"]
     rows = [[str(r.rank), r.id, f"{r.score:.4f}", _cell(r.desm_in_out), _cell(r.desm_in_in), f"{r.bm25:.3f}",
-             str(r.document_words_found) + ("" if r.document_words_found else " (unscored)"), r.preview]
+             str(r.document_words_found), r.preview] if r.scored else
+            [str(r.rank), r.id, "unscored", "-", "-", f"{r.bm25:.3f}", "0", r.preview]
             for r in ranked]
     widths = [max(len(header[c]), *(len(row[c]) for row in rows)) for c in range(len(header))]
     right = {0, 2, 3, 4, 5, 6}
