@@ -231,8 +231,9 @@ def lee_ivfpq_bundle(lee_model, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fixture, kind, param", [("lee_ivf_bundle", "ivf", "nprobe"),
-                                                  ("lee_hnsw_bundle", "hnsw", "ef_search")])
+@pytest.mark.parametrize("fixture, kind, param", [
+    ("lee_ivf_bundle", "ivf", "nprobe"),
+    pytest.param("lee_hnsw_bundle", "hnsw", "ef_search", marks=pytest.mark.slow)])
 def test_tuned_recall_is_measured_and_stored_per_pair(request, fixture, kind, param):
     manifest = read_manifest(request.getfixturevalue(fixture))
     assert manifest.tuning.target_recall == TARGET and manifest.tuning.k == K
@@ -247,7 +248,7 @@ def test_tuned_recall_is_measured_and_stored_per_pair(request, fixture, kind, pa
             assert f"hubs.{name}.npy" in manifest.files
 
 
-@pytest.mark.parametrize("fixture", ["lee_ivf_bundle", "lee_hnsw_bundle"])
+@pytest.mark.parametrize("fixture", ["lee_ivf_bundle", pytest.param("lee_hnsw_bundle", marks=pytest.mark.slow)])
 def test_tuned_recall_reaches_the_target_on_queries_the_build_never_drew(request, fixture, lee_spaces):
     """Held-out queries drawn here with a seed of this test's own: 2,000 words uniformly (without replacement) and
     4,000 by corpus frequency, for every pair. Each reaches the target, and so does the exact recall of each whole
@@ -273,6 +274,7 @@ def test_tuned_recall_reaches_the_target_on_queries_the_build_never_drew(request
     assert not failing, f"recall@10 below {TARGET}: {failing}"
 
 
+@pytest.mark.slow
 def test_compressed_index_records_its_recall_honestly(lee_ivfpq_bundle, lee_spaces):
     """4-bit PQ codes may not reach the target on every pair (this small model's rows are nearly parallel, as the
     near-duplicate rare words of the 1M benchmark model are): what the manifest records must then be true. Each
@@ -291,6 +293,7 @@ def test_compressed_index_records_its_recall_honestly(lee_ivfpq_bundle, lee_spac
         assert entry.params.nprobe >= 1 and entry.params.rerank >= 1
 
 
+@pytest.mark.slow
 def test_compressed_index_returns_exact_cosines_after_reranking(lee_ivfpq_bundle, lee_spaces):
     """PQ codes give approximate scores; every score served must still be the exact cosine of the word returned."""
     bundle = read_bundle(lee_ivfpq_bundle)

@@ -198,6 +198,7 @@ def test_mixed_text_and_binary_pair_builds_through_the_cli(inputs, tmp_path):
     assert info["source"]["kind"] == "word2vec-pair"
 
 
+@pytest.mark.slow
 def test_train_then_build_then_info_json(inputs, tmp_path):
     model = tmp_path / "small.model"
     result = dualvec("train", inputs["corpus"], "-o", model, "--dim", 16, "--epochs", 2, "--min-count", 3,
