@@ -32,8 +32,8 @@ DESM_DOCUMENTS = (
     ("music", "The band released an album of songs recorded with guitars and a piano."),
     ("unknown", "Zzqx vrrbl plonk."),
 )
-# spain : spanish :: portugal : ?  The demo model puts portuguese first, 0.08-0.09 in cosine ahead of the runner-up
-# in each of three trainings; king - man + woman put queen and italy within 0.002 of each other (the corpus has few
+# spain : spanish :: portugal : ?  The demo model puts portuguese first, 0.075-0.10 in cosine ahead of the runner-up
+# in each of four trainings; king - man + woman put queen and italy within 0.01 of each other (the corpus has few
 # royal words), so which came first was chance.
 ANALOGY = (("spanish", "portugal"), ("spain",), "portuguese")  # positive, negative, the expected answer
 
