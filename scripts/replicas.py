@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--warmup", type=float, default=2.0)
     m.add_argument("--processes", type=int, default=2, help="load generator processes (2)")
     m.add_argument("--channels", type=int, default=4, help="connections per generator process (4)")
+    m.add_argument("--serve-args", default="", help="more `dualvec serve` options for every replica, such as "
+                   "'--processes 2 --cpus auto' (each replica starts with --processes 1 --cpus all)")
     for s in (r, m):
         s.add_argument("--logs", help="folder for the replicas' logs (default: a temporary one)")
         s.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -80,21 +82,27 @@ def _restart(args, logs: Path, command: str) -> int:
 def _measure(args, logs: Path, command: str) -> int:
     counts = tuple(int(c) for c in args.counts.split(","))
     rows = measure(args.bundle, counts, concurrency=args.concurrency, duration=args.duration, warmup=args.warmup,
-                   processes=args.processes, channels=args.channels, log_dir=logs)
+                   processes=args.processes, channels=args.channels, args=tuple(shlex.split(args.serve_args)),
+                   log_dir=logs)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "result"} | {
             "qps": r["result"]["achieved_rate"], "latency_ms": r["result"]["latency_ms"],
             "calls": r["result"]["calls"]} for r in rows], indent=1))
         return 0
     print(f"replicas on one machine behind one round_robin target; {args.concurrency} closed-loop clients "
-          f"({args.processes} generator processes), {args.duration:g} s each")
-    print(f"  {'replicas':>8} {'queries/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}   memory per replica "
-          f"(RSS / PSS / USS MiB)")
+          f"({args.processes} generator processes), {args.duration:g} s each"
+          + (f"; each replica: dualvec serve {args.serve_args}" if args.serve_args else ""))
+    print(f"  {'replicas':>8} {'queries/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7} {'CPU/call':>9} "
+          f"{'others':>7}   memory per replica (RSS / PSS / USS MiB)")
     for r in rows:
         res, lat = r["result"], r["result"]["latency_ms"]
         mem = "; ".join(f"{m['rss']:.0f} / {m['pss']:.0f} / {m['uss']:.0f}" for m in r["memory_mib"])
+        errors = ", ".join(f"{code} {n}" for code, n in res.get("errors", {}).items())
         print(f"  {r['replicas']:>8} {res['achieved_rate']:>10,.0f} {lat['p50']:>8.2f} {lat['p99']:>8.2f} "
-              f"{res['calls']['failed']:>7}   {mem}")
+              f"{res['calls']['failed']:>7} {r['server_cpu_ms_per_call']:>6.3f} ms {r['others_cpu_share']:>7.0%}   "
+              f"{mem}" + (f"  ({errors})" if errors else ""))
+    print("  CPU/call: the servers' CPU time per answered call; others: the machine's CPU taken by other processes "
+          "meanwhile")
     print(f"  reproduce: {command}")
     return 0
 

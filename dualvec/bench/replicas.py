@@ -95,6 +95,11 @@ class Replica:
             self.proc.kill()
             self.proc.wait()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
+
     def memory(self) -> dict:
         """RSS, PSS and USS of the server process, in MiB."""
         info = psutil.Process(self.proc.pid).memory_full_info()
@@ -208,15 +213,42 @@ def measure(bundle: str, counts: tuple[int, ...] = (1, 2, 3), *, concurrency: in
             warmup: float = 2.0, processes: int = 2, channels: int = 4, args: tuple[str, ...] = (),
             log_dir: Path | None = None) -> list[dict]:
     """For each replica count: start the replicas, load-test them through one round_robin target, read each
-    replica's memory, stop them. One dict per count."""
+    replica's memory and the servers' CPU time per call (over warm-up and measured window, whose calls are
+    counted at the measured rate), stop them. One dict per count."""
     rows = []
     for count in counts:
         replicas = start_replicas(bundle, count, args, log_dir)
         try:
+            machine, servers, generator = _busy_seconds(), sum(r.cpu_seconds() for r in replicas), _children_cpu()
+            began = time.monotonic()
             result = loadtest(target_of(replicas), concurrency=concurrency, duration=duration, warmup=warmup,
                               processes=processes, channels=channels)
+            wall = time.monotonic() - began
+            servers = sum(r.cpu_seconds() for r in replicas) - servers
+            generator = _children_cpu() - generator
+            machine = _busy_seconds() - machine
             memory = [r.memory() for r in replicas]
         finally:
             stop_replicas(replicas)
-        rows.append({"replicas": count, "result": result, "memory_mib": memory})
+        calls = result["achieved_rate"] * (duration + warmup)
+        cpus = psutil.cpu_count() or 1
+        rows.append({"replicas": count, "result": result, "memory_mib": memory,
+                     "server_cpu_ms_per_call": round(1000 * servers / calls, 3) if calls else None,
+                     # CPU taken by processes other than the servers and the load generator, as a share of the
+                     # machine's CPUs over the run: above a few percent, the row measured a busy machine
+                     "others_cpu_share": round(max(0.0, machine - servers - generator) / (wall * cpus), 3)})
     return rows
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O), all CPUs summed."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (the load generator and its processes, once waited)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
