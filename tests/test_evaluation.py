@@ -191,8 +191,11 @@ def test_evaluate_table_has_a_column_per_bundle(capsys, lee_bundle, model_spaces
 
 
 def test_evaluate_refuses_a_negative_analogy_limit(capsys, lee_bundle):
-    assert main(["evaluate", str(lee_bundle), "-q", "--analogy-limit", "-1"]) == 1
-    assert "--analogy-limit" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:  # refused at the command line (ff6deaa), before any bundle is read
+        main(["evaluate", str(lee_bundle), "-q", "--analogy-limit", "-1"])
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--analogy-limit" in lines[0] and "-1" in lines[0]
 
 
 def test_recall_of_an_ivf_bundle_is_measured_against_exact_search(lee_ivf_bundle):
