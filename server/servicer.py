@@ -14,12 +14,17 @@ from dualvec.server.batching import Batcher
 from dualvec.kernel.desm import DesmLimits, score_documents, tokenized_inputs
 from dualvec.kernel.search import SearchEngine, SearchQuery
 from dualvec.server.status_codes import status_for
+from dualvec.server.streaming import ReadAhead
 from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 from dualvec.wire import query_from_pb, response_from, space_from_pb, space_to_pb
 
 log = logging.getLogger(__name__)
+
+# SearchStream requests read ahead of the answers sent: the most answered by one search (the batcher's default
+# batch), and all a stream holds of a client that stops reading
+STREAM_READ_AHEAD = 64
 
 class DualVecServicer(pb_grpc.DualVecServicer):
     """Serves one or more named search engines; the first is the default (model = "")."""
@@ -87,23 +92,52 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         return self._call(context, work)
 
     def SearchStream(self, request_iterator, context):
-        """One answer per request, in order, each as Search answers it, or that request's own error. Requests are
-        read one at a time, the next only once the answer before it is handed to gRPC (whose send waits for the
-        client's flow-control window): a slow reader holds the stream back instead of making the server buffer.
-        A cancelled call, or one whose deadline passed, stops before its next request."""
-        for index, request in enumerate(request_iterator):
-            if not context.is_active():
-                return
+        """One answer per request, in order, each as Search answers it, or that request's own error. The requests
+        that have arrived are answered together (one search per bundle, as BatchSearch does), a lone one as Search
+        answers it; at most STREAM_READ_AHEAD are read ahead of the answers sent (dualvec.server.streaming), and
+        sending waits for the client's flow-control window, so a slow reader stops the reading. A cancelled call,
+        or one past its deadline, stops before its next requests."""
+        reader = ReadAhead(request_iterator, STREAM_READ_AHEAD)
+        index = 0
+        try:
+            while context.is_active():
+                requests = reader.take(context.is_active)
+                if not requests:
+                    return
+                yield from self._stream_answers(index, requests)
+                index += len(requests)
+        finally:
+            reader.close()
+
+    def _stream_answers(self, first: int, requests: list[pb.SearchRequest]) -> list[pb.SearchStreamResponse]:
+        """Answers of consecutive stream requests, the first at position ``first`` of the stream."""
+        if len(requests) == 1:
             try:
-                answer = pb.SearchStreamResponse(index=index, response=self._search(request))
-            except DualvecError as exc:
-                answer = pb.SearchStreamResponse(index=index, error=pb.QueryError(
-                    code=status_for(exc).value[0], message=str(exc)))
-            except Exception:  # a bug: log it whole, tell the caller little, go on with the next request
-                log.exception("internal error")
-                answer = pb.SearchStreamResponse(index=index, error=pb.QueryError(
-                    code=grpc.StatusCode.INTERNAL.value[0], message="internal error (logged by the server)"))
-            yield answer
+                return [pb.SearchStreamResponse(index=first, response=self._search(requests[0]))]
+            except Exception as exc:
+                return [stream_error(first, exc)]
+        answers: list[pb.SearchStreamResponse | None] = [None] * len(requests)
+        groups: dict[str, tuple[SearchEngine, list[int], list]] = {}
+        for i, request in enumerate(requests):
+            try:
+                engine = self.engine(request.model)
+                prepared = engine.prepare(query_from_pb(request))
+            except Exception as exc:
+                answers[i] = stream_error(first + i, exc)
+                continue
+            group = groups.setdefault(request.model or self.default, (engine, [], []))
+            group[1].append(i)
+            group[2].append(prepared)
+        for engine, members, prepared in groups.values():
+            try:
+                results = engine.search_prepared(prepared)
+            except Exception as exc:
+                for i in members:
+                    answers[i] = stream_error(first + i, exc)
+                continue
+            for i, result in zip(members, results):
+                answers[i] = pb.SearchStreamResponse(index=first + i, response=response_from(result))
+        return answers  # type: ignore[return-value]
 
     def GetVectors(self, request: pb.GetVectorsRequest, context) -> pb.GetVectorsResponse:
         def work():
@@ -144,6 +178,17 @@ class DualVecServicer(pb_grpc.DualVecServicer):
             name = request.model or self.default
             return model_info(name, self.engine(request.model), list(self.engines), self.desm_limits)
         return self._call(context, work)
+
+
+def stream_error(index: int, exc: Exception) -> pb.SearchStreamResponse:
+    """A SearchStream answer carrying one request's error: a domain error's status code and message, as a unary
+    call would fail; anything else is a bug, logged whole and told as INTERNAL."""
+    if isinstance(exc, DualvecError):
+        code, message = status_for(exc), str(exc)
+    else:
+        log.error("internal error", exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, "internal error (logged by the server)"
+    return pb.SearchStreamResponse(index=index, error=pb.QueryError(code=code.value[0], message=message))
 
 
 def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits: DesmLimits) -> pb.ModelInfo:

@@ -112,9 +112,11 @@ class Counting:
             yield search_request([self.vocab[i % 500]], k=10)
 
 
-def test_the_server_reads_the_next_request_only_after_answering(lee_server, vocab):
-    """The servicer pulls one request, answers it, and pulls the next only when gRPC asks for the next answer
-    (which a full flow-control window withholds): nothing is read ahead or buffered."""
+def test_the_server_reads_a_bounded_number_of_requests_ahead(lee_server, vocab):
+    """The servicer reads at most STREAM_READ_AHEAD requests ahead of the batch it answers, and nothing more while
+    nobody takes its answers (gRPC asks for the next answer only once the client's window has room)."""
+    from dualvec.server.servicer import STREAM_READ_AHEAD
+
     source = Counting(vocab)
 
     class Context:
@@ -122,10 +124,36 @@ def test_the_server_reads_the_next_request_only_after_answering(lee_server, voca
             return True
 
     answers = lee_server.servicer.SearchStream(iter(source), Context())
-    for n in range(1, 6):
-        answer = next(answers)
-        assert answer.index == n - 1 and source.taken == n
-    answers.close()
+    try:
+        got = [next(answers) for _ in range(5)]
+        assert [a.index for a in got] == list(range(5))
+        time.sleep(0.5)
+        stalled = source.taken
+        time.sleep(0.5)
+        assert source.taken == stalled <= 5 + 2 * STREAM_READ_AHEAD + 1
+        more = [next(answers) for _ in range(500)]
+        assert [a.index for a in more] == list(range(5, 505))
+    finally:
+        answers.close()
+
+
+def test_requests_that_arrive_together_are_answered_together_in_order(lee_server, vocab):
+    """A stream whose requests wait in the read-ahead is answered with batched searches, unknown words and bad
+    fields failing their own query only, every answer where its request was."""
+    queries = mixed_queries(vocab, 300, seed=9)
+    queries[10] = dict(positive=[vocab[1]], k=100_000)
+    requests = [search_request(**q) for q in queries]
+    servicer = lee_server.servicer
+    answers = list(servicer._stream_answers(1000, requests))
+    assert [a.index for a in answers] == list(range(1000, 1300))
+    for q, req, a in zip(queries, requests, answers):
+        if a.WhichOneof("result") == "error":
+            single = servicer._stream_answers(0, [req])[0]
+            assert (a.error.code, a.error.message) == (single.error.code, single.error.message)
+        else:
+            assert a.response == servicer._search(req)
+    assert answers[10].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert sum(a.WhichOneof("result") == "error" for a in answers) > 30
 
 
 def test_a_slow_reader_holds_the_sender_back(client, vocab):

@@ -148,10 +148,10 @@ class Client:
         generator (or leaving a loop over it) cancels the call. A failure of the stream itself (cancelled,
         deadline, server gone) raises ClientError.
 
-        ``window``: at most this many queries are sent and not yet handed to the caller. The server reads the
-        next request only after answering the one before, but gRPC Python's client takes in every answer the
-        server sends whether or not the caller reads it; the window makes a caller that reads slowly hold back
-        the sending, and so the server, with the client's memory flat."""
+        ``window``: at most this many queries are sent and not yet handed to the caller. The server reads only a
+        little ahead of the answers it sends, but gRPC Python's client takes in every answer the server sends
+        whether or not the caller reads it; the window makes a caller that reads slowly hold back the sending,
+        and so the server, with the client's memory flat."""
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         failed: list[Exception] = []

@@ -121,10 +121,11 @@ class DualVecServicer:
     def SearchStream(self, request_iterator, context):
         """Many top-k queries over one call, without batching them: each request sent is answered, in order, by one
         SearchStreamResponse carrying its position and either its neighbours or its own error (an unknown word fails
-        its query, not the stream). The server reads the next request only once the answer before it is sent, and
-        sending waits for the client's HTTP/2 flow-control window: the server neither reads ahead nor buffers. The
-        call ends when the client closes its side and every answer is sent; cancelling it or its deadline passing
-        stops the work before the next request.
+        its query, not the stream). Requests that have arrived together are searched together, as BatchSearch
+        searches its batch. The server reads at most 64 requests ahead of the answers it has sent, and sending waits
+        for the client's HTTP/2 flow-control window: a client that stops reading stops the server reading. The call
+        ends when the client closes its side and every answer is sent; cancelling it or its deadline passing stops
+        the work before the next requests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
