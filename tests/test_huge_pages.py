@@ -113,9 +113,12 @@ def test_moving_to_huge_pages_changes_no_answer_and_moves_what_the_kernel_allows
     mode = thp_mode()
     if accepted:
         assert mode != "never", "THP is off, yet the kernel collapsed a buffer"
-        # every whole huge page of the buffers (the 7.7 MB link list alone spans three)
-        assert moved == whole_huge_pages(index_buffers(index)) >= 2 * HUGE_PAGE
-        assert not refusals(info_log)
+        # the whole huge pages of every buffer the log does not name as kept (under memory pressure the kernel may
+        # still refuse one: then it says so); the 7.7 MB link list alone spans three
+        kept = " ".join(refusals(info_log))
+        buffers = index_buffers(index)
+        assert moved == whole_huge_pages([b for b in buffers if f"{b[0]} (" not in kept]) > 0, kept
+        assert whole_huge_pages(buffers) >= 2 * HUGE_PAGE
         assert anon_huge_bytes() >= max(huge_before, moved // 2)
     else:
         assert moved == 0, f"the kernel refuses ({reason}; THP {mode}) yet {moved} bytes count as moved"

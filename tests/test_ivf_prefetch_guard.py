@@ -54,7 +54,10 @@ def test_a_mapped_ivf_index_read_by_the_bundle_reader_has_no_prefetch_threads(sp
     lists = inverted_lists(bundle.spaces[space].index)
     assert type(lists).__name__ == "OnDiskInvertedLists", "the lists are memory-mapped"
     assert lists.prefetch_nthread == 0
-    assert threads_started_by_searches(bundle.spaces[space].index) <= 5  # other processes' threads at most
+    # other processes' threads can only add to the count: the least of three runs (none, unless the machine is busy
+    # starting threads), and far below what FAISS alone starts on the same searches
+    started = min(threads_started_by_searches(bundle.spaces[space].index) for _ in range(3))
+    assert started <= 10
 
 
 def test_the_server_loads_mapped_ivf_lists_without_prefetch_threads():
