@@ -14,6 +14,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+
+def _source_checkout_path() -> None:
+    """In a source checkout, ``python -m`` puts the repository root first on sys.path, so this folder is imported
+    instead of the installed package; the subpackages that pyproject.toml maps from other top-level folders
+    (indexer/, server/, proto/dualvec/v1/) are then found here too, as they are when installed."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "indexer")):
+        __path__.extend([root, os.path.join(root, "proto", "dualvec")])
+
+
+_source_checkout_path()
+
 __all__ = ["__version__", "Client"]
 
 
