@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--drain-delay", type=float, default=1.0, help="each replica's --drain-delay (1)")
     r.add_argument("--grace", type=float, default=5.0, help="each replica's --grace (5)")
     r.add_argument("--words", default="the", help="comma-separated words the clients ask about (the)")
+    r.add_argument("--service-config", metavar="FILE", help="the clients' gRPC service config (default: "
+                   "dualvec.client.service_config's)")
     m = sub.add_parser("measure", help="throughput and p99 of 1, 2, 3 replicas")
     m.add_argument("bundle")
     m.add_argument("--counts", default="1,2,3", help="replica counts (1,2,3)")
@@ -60,14 +62,16 @@ def _restart(args, logs: Path, command: str) -> int:
     replicas = start_replicas(args.bundle, args.replicas, ("--drain-delay", str(args.drain_delay),
                                                            "--grace", str(args.grace)), logs)
     try:
-        out = rolling_restart(replicas, threads=args.threads, words=tuple(args.words.split(",")))
+        out = rolling_restart(replicas, threads=args.threads, words=tuple(args.words.split(",")),
+                              service_config=args.service_config)
     finally:
         stop_replicas(replicas)
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{args.replicas} replicas behind {out['target']} (round_robin, UNAVAILABLE retried), "
-              f"{args.threads} client threads, each replica restarted in turn:")
+        config = f"service config {args.service_config}" if args.service_config else "the default service config"
+        print(f"{args.replicas} replicas behind {out['target']} ({config}), {args.threads} client threads, each "
+              f"replica restarted in turn:")
         for d in out["drains"]:
             print(f"  port {d['port']}: exit {d['exit_code']} after {d['seconds']:.1f} s; health heard "
                   f"{' -> '.join(d['heard']) or 'nothing'}")

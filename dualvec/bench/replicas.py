@@ -140,12 +140,13 @@ def stop_replicas(replicas: list[Replica]) -> None:
 
 @dataclass
 class ClientThreads:
-    """``threads`` threads, each with its own dualvec.Client on ``target`` (default service config), calling
-    Search in a loop until ``finish``; calls and failures are counted."""
+    """``threads`` threads, each with its own dualvec.Client on ``target`` (with ``service_config``: None is the
+    default), calling Search in a loop until ``finish``; calls and failures are counted."""
 
     target: str
     threads: int = 6
     words: tuple[str, ...] = ("the",)
+    service_config: str | dict | None = None
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -158,7 +159,7 @@ class ClientThreads:
 
     def _run(self, i: int) -> None:
         spaces = ("in", "out")
-        with Client(self.target, timeout=10.0) as client:
+        with Client(self.target, timeout=10.0, service_config=self.service_config) as client:
             n = i
             while not self._stop.is_set():
                 word = self.words[n % len(self.words)]
@@ -178,11 +179,12 @@ class ClientThreads:
 
 
 def rolling_restart(replicas: list[Replica], *, threads: int = 6, words: tuple[str, ...] = ("the",),
-                    settle: float = 1.0, timeout: float = 60.0) -> dict:
+                    settle: float = 1.0, timeout: float = 60.0, service_config: str | dict | None = None) -> dict:
     """Restart each replica in turn (SIGTERM, watched until it exits; started again on its port; SERVING) while
-    ``threads`` client threads call through every replica; ``settle`` seconds of load before the first and after
-    each restart. Returns the calls answered, the failures, and what each drain looked like."""
-    load = ClientThreads(target_of(replicas), threads, words)
+    ``threads`` client threads call through every replica (with ``service_config``, None: the default);
+    ``settle`` seconds of load before the first and after each restart. Returns the calls answered, the failures,
+    and what each drain looked like."""
+    load = ClientThreads(target_of(replicas), threads, words, service_config)
     drains = []
     try:
         time.sleep(settle)
