@@ -91,7 +91,10 @@ def print_rates(report) -> None:
     print(f"  {'pair':8} {'queries':>9} {'table':>9} {'search':>9} {'faiss':>9} {'table/search':>13} "
           f"{'with write':>11} {'table/faiss':>12}")
     write_share = report.render_seconds / report.search_seconds if report.search_seconds > 0 else 0.0
-    for pair, (queries, table_s, search_s, faiss_s) in report.measured.items():
+    rows = list(report.measured.items())
+    if len(rows) > 1:
+        rows.append(("all", [sum(values[j] for _, values in rows) for j in range(4)]))
+    for pair, (queries, table_s, search_s, faiss_s) in rows:
         ratio = search_s / table_s
         print(f"  {pair:8} {int(queries):9,} {queries / table_s:9,.0f} {queries / search_s:9,.0f} "
               f"{queries / faiss_s:9,.0f} {ratio:13.2f} {ratio / (1 + write_share):11.2f} {faiss_s / table_s:12.2f}")
