@@ -88,7 +88,7 @@ def serve_in_processes(cfg, engines, start_server, signals: ShutdownSignals) -> 
         cfg = replace(cfg, health_port=free_port(cfg.host, cfg.health_port))
     cpus = child_cpus(cfg.cpus, cfg.processes, available_cpus())
     # SIGTERM and SIGINT wait (blocked, not lost) from before each fork until the child has its own handlers: one
-    # that arrived in between used to run the parent's handler in the child, and the child served on until killed
+    # arriving in between would run the parent's handler in the child, which would then serve on until killed
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     ready_r, ready_w = os.pipe()  # each child writes a byte once it is started
     go_r, go_w = os.pipe()  # then the parent writes one byte per child: every one is up, health turns SERVING
