@@ -137,6 +137,38 @@ def test_resumed_run_writes_the_same_file(tmp_path, suffix):
     assert not spool.exists() and not sidecar.exists()
 
 
+CRASHING_RUN = """
+import os, sys
+from dualvec.kernel import neighbors as kn
+from dualvec.kernel.bundle import read_bundle
+bundle = read_bundle(sys.argv[1])
+qids, _ = kn.query_ids(bundle, None)
+def crash(done):
+    if done >= 3:
+        os._exit(9)  # no cleanup at all, as a kill -9 or a power cut
+kn.NeighborTable(bundle, kn.NeighborsJob(("in-in", "in-out", "out-in", "out-out"), k=5, batch=8), qids, sys.argv[2],
+                 progress=False, checkpoint_seconds=float(sys.argv[3]), after_block=crash).run()
+"""
+
+
+@pytest.mark.parametrize("checkpoint_seconds, kept", [(0.0, 3), (3600.0, 0)])
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, checkpoint_seconds, kept):
+    import subprocess
+    import sys
+
+    bundle = read_bundle(FIXTURES / "hnsw")
+    whole = tmp_path / "whole.parquet"
+    run_table(bundle, whole)
+    out = tmp_path / "killed.parquet"
+    proc = subprocess.run([sys.executable, "-c", CRASHING_RUN, str(FIXTURES / "hnsw"), str(out),
+                           str(checkpoint_seconds)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert not out.exists()
+    report = run_table(bundle, out)
+    assert report.resumed_blocks == kept
+    assert out.read_bytes() == whole.read_bytes()
+
+
 def test_an_unfinished_run_of_another_job_is_kept_without_force(tmp_path):
     bundle = read_bundle(FIXTURES / "hnsw")
     out = tmp_path / "nb.parquet"
