@@ -67,6 +67,15 @@ class PreparedQuery:
         return self.k + len(self.exclude)
 
 
+def fetch_rows(needed: int) -> int:
+    """Rows asked of the index for a query that needs ``needed`` (k plus the words it leaves out): the next power
+    of two, at least 16. An approximate search's answer depends on the rows asked (efSearch is at least that many,
+    and rows x rerank candidates are re-scored), so a query is always searched at its own bucket, alone or in a
+    batch, and its answer never depends on the queries it shares a FAISS call with; queries of one bucket share
+    calls. A k=10 query asks 16 rows instead of 11: a few more rows re-scored, recall no lower."""
+    return max(16, 1 << (max(1, needed) - 1).bit_length())
+
+
 @dataclass
 class SearchEngine:
     """Answers queries on one bundle. Thread-safe (nothing is mutated after construction)."""
@@ -172,7 +181,7 @@ class SearchEngine:
             return self._search_group(prepared)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(prepared):
-            groups[(p.target, p.pair, p.exact, p.limit)].append(i)
+            groups[(p.target, p.pair, p.exact, p.limit, fetch_rows(p.fetch))].append(i)
         results: list[list[Neighbor]] = [[] for _ in prepared]
         for members in groups.values():
             for i, out in zip(members, self._search_group([prepared[i] for i in members])):
@@ -184,7 +193,7 @@ class SearchEngine:
         first = group[0]
         target, limit = first.target, first.limit
         space_index = self.bundle.spaces[target]
-        fetch = max(p.fetch for p in group) if len(group) > 1 else first.fetch
+        fetch = fetch_rows(first.fetch)  # alike in the group
         vectors = np.stack([p.vector for p in group]) if len(group) > 1 else first.vector[None, :]
         if first.exact:
             scores, ids = space_index.exact(vectors, fetch, limit)
