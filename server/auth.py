@@ -28,6 +28,7 @@ from typing import Iterable
 
 import grpc
 
+from dualvec.credential_files import read_pem, read_tokens
 from dualvec.kernel.errors import DualvecError
 
 log = logging.getLogger("dualvec.server.auth")
@@ -37,33 +38,6 @@ OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflect
                  "grpc.reflection.v1.ServerReflection")
 SCHEME = "bearer"
 REFUSAL = "missing or invalid bearer token: send the metadata 'authorization: Bearer <token>'"
-
-
-def read_tokens(path: str | os.PathLike) -> list[str]:
-    """The tokens of a token file, in order. Raises DualvecError naming the file (and a line by its number, never
-    its content) when it cannot be read, holds no token, or holds a line that cannot be sent as gRPC metadata."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DualvecError(f"token file {path} does not exist") from None
-    except IsADirectoryError:
-        raise DualvecError(f"token file {path} is a directory") from None
-    except UnicodeDecodeError:
-        raise DualvecError(f"token file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise DualvecError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    tokens: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        token = line.strip()
-        if not token or token.startswith("#"):
-            continue
-        if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
-            raise DualvecError(f"token file {path}, line {lineno}: a token must be printable ASCII without spaces")
-        tokens.append(token)
-    if not tokens:
-        raise DualvecError(f"token file {path} holds no token (one a line; blank lines and # comments are ignored)")
-    return tokens
 
 
 def _digest(token: str | bytes) -> bytes:
@@ -153,23 +127,6 @@ class TokenAuth(grpc.ServerInterceptor):
 
 
 # ------------------------------------------------------------------------------------------------------------ TLS
-
-def read_pem(path: str | os.PathLike, what: str) -> bytes:
-    """The bytes of a PEM file. Raises DualvecError naming the option and the file when it cannot be read or holds
-    no PEM block."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DualvecError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise DualvecError(f"{what} {path} is a directory") from None
-    except OSError as exc:
-        raise DualvecError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN " not in data:
-        raise DualvecError(f"{what} {path} is not a PEM file (no -----BEGIN line)")
-    return data
-
 
 def check_tls(cert: str | os.PathLike, key: str | os.PathLike,
               client_ca: str | os.PathLike | None = None) -> tuple[bytes, bytes, bytes | None]:

@@ -8,41 +8,19 @@ from __future__ import annotations
 
 import collections
 import os
-from pathlib import Path
 
 import grpc
 
+from dualvec.credential_files import check_token, read_pem, read_tokens
 from dualvec.kernel.errors import DualvecError
 
 PemSource = str | os.PathLike | bytes | None  # a PEM file's path, or the PEM bytes themselves
 
 
-def check_token(token: str) -> str:
-    """The token as it goes into metadata. Raises DualvecError (without the token) when it cannot be sent."""
-    token = token.strip()
-    if not token or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
-        raise DualvecError("token: must be printable ASCII without spaces, and not empty")
-    return token
-
-
 def read_token_file(path: str | os.PathLike) -> str:
-    """The first token of a token file (the server's format: one a line, blank lines and # comments ignored).
-    Raises DualvecError naming the file when it cannot be read or holds no token."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DualvecError(f"token file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DualvecError(f"cannot read token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    for line in text.splitlines():
-        token = line.strip()
-        if token and not token.startswith("#"):
-            try:
-                return check_token(token)
-            except DualvecError:
-                raise DualvecError(f"token file {path}: its token must be printable ASCII without spaces") from None
-    raise DualvecError(f"token file {path} holds no token")
+    """The first token of a token file (the server's format: dualvec.credential_files). Raises DualvecError naming
+    the file when it cannot be read or holds no token."""
+    return read_tokens(path)[0]
 
 
 def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -51,18 +29,7 @@ def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def _pem(source: PemSource, what: str) -> bytes | None:
-    if source is None or isinstance(source, bytes):
-        return source
-    path = Path(source)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DualvecError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise DualvecError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if b"-----BEGIN " not in data:
-        raise DualvecError(f"{what} {path} is not a PEM file (no -----BEGIN line)")
-    return data
+    return source if source is None or isinstance(source, bytes) else read_pem(source, what)
 
 
 def channel_credentials(tls_ca: PemSource = None, tls_cert: PemSource = None,
