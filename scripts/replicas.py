@@ -97,7 +97,7 @@ def _measure(args, logs: Path, command: str) -> int:
           f"({args.processes} generator processes), {args.duration:g} s each"
           + (f"; each replica: dualvec serve {args.serve_args}" if args.serve_args else ""))
     print(f"  {'replicas':>8} {'queries/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7} {'CPU/call':>9} "
-          f"{'others':>7}   memory per replica (RSS / PSS / USS MiB)")
+          f"{'others':>7}   memory per replica, MiB (largest RSS / PSS / USS of its processes)")
     for r in rows:
         res, lat = r["result"], r["result"]["latency_ms"]
         mem = "; ".join(f"{m['rss']:.0f} / {m['pss']:.0f} / {m['uss']:.0f}" for m in r["memory_mib"])

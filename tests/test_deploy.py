@@ -161,6 +161,9 @@ def test_a_headless_service_a_tool_service_an_autoscaler_and_a_disruption_budget
                                              "name": deployment["metadata"]["name"]}
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    # clients keep the pods they resolved until a connection closes: servers close theirs, so added pods get calls
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert float(flag(container["args"], "max-connection-age")) > 0
     (pdb,) = objects["PodDisruptionBudget"]
     assert selects(pdb["spec"]["selector"]["matchLabels"], labels)
     assert pdb["spec"]["maxUnavailable"] == 1

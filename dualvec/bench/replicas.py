@@ -95,15 +95,20 @@ class Replica:
             self.proc.kill()
             self.proc.wait()
 
+    def _processes(self) -> list[psutil.Process]:
+        """The server process and its worker processes (`--processes N`)."""
+        top = psutil.Process(self.proc.pid)
+        return [top, *top.children(recursive=True)]
+
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
+        """User + system CPU time the server's processes have used so far."""
+        return sum(t.user + t.system for t in (p.cpu_times() for p in self._processes()))
 
     def memory(self) -> dict:
-        """RSS, PSS and USS of the server process, in MiB."""
-        info = psutil.Process(self.proc.pid).memory_full_info()
-        return {name: round(getattr(info, name) / 2**20, 1) for name in ("rss", "pss", "uss")}
+        """Memory of the server in MiB: the largest RSS of its processes, PSS and USS summed over them."""
+        infos = [p.memory_full_info() for p in self._processes()]
+        return {"rss": round(max(i.rss for i in infos) / 2**20, 1), "pss": round(sum(i.pss for i in infos) / 2**20, 1),
+                "uss": round(sum(i.uss for i in infos) / 2**20, 1), "processes": len(infos)}
 
 
 def target_of(replicas: list[Replica]) -> str:
