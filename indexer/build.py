@@ -18,7 +18,7 @@ from dualvec.kernel.hubs import find_hubs, hub_cap
 from dualvec.kernel.manifest import BuildRecord, IndexEntry, Manifest, PairEntry
 from dualvec.kernel.truth import QuerySample, draw_ids, exact_truth, frequency_weights
 from dualvec.indexer.normalize import normalize_rows
-from dualvec.indexer.source_model import SourceModel
+from dualvec.indexer.source_model import SourceModel, duplicate_words
 from dualvec.indexer.tuning import TuningConfig, tune_pair
 from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
 from dualvec.kernel.tokenizer import Tokenizer
@@ -48,12 +48,8 @@ def check_words(words: list[str]) -> None:
     if bad:
         raise ModelError(f"words with tab, newline or nothing in them cannot be stored: "
                          f"{', '.join(map(repr, bad[:10]))}")
-    if len(set(words)) != len(words):
-        seen, dups = set(), []
-        for w in words:
-            if w in seen:
-                dups.append(w)
-            seen.add(w)
+    dups = duplicate_words(words)
+    if dups:
         raise ModelError(f"duplicate words: {', '.join(map(repr, dups[:10]))}")
 
 

@@ -19,22 +19,13 @@ import numpy as np
 
 from dualvec.kernel.bundle import sha256_of
 from dualvec.kernel.errors import ModelError
-from dualvec.indexer.source_model import SourceModel
+from dualvec.indexer.source_model import SourceModel, require_file
 from dualvec.indexer.word2vec_format import read_word2vec
 
 log = logging.getLogger(__name__)
 
 FASTTEXT_MAGIC = 793712314  # first int32 of a fastText .bin
 SIDECAR_SUFFIX = ".dualvec.json"  # written by `dualvec train` next to the model: tokenizer, corpus statistics
-
-
-def _require_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise ModelError(f"{what} {path}: no such file")
-    if path.is_dir():
-        raise ModelError(f"{what} {path}: is a directory, expected a file")
-    if path.stat().st_size == 0:
-        raise ModelError(f"{what} {path}: the file is empty")
 
 
 def is_fasttext_bin(path: Path) -> bool:
@@ -56,7 +47,7 @@ def is_fasttext_bin(path: Path) -> bool:
 def read_model(path: str | os.PathLike, *, in_only: bool = False) -> SourceModel:
     """Read a gensim full model or a fastText .bin (detected from its first bytes)."""
     path = Path(path)
-    _require_file(path, "model")
+    require_file(path, "model")
     if is_fasttext_bin(path):
         return read_fasttext_bin(path, in_only=in_only)
     return read_gensim_model(path, in_only=in_only)
@@ -185,16 +176,14 @@ def read_vector_pair(in_path: str | os.PathLike, out_path: str | os.PathLike | N
     """Read IN and OUT from two word2vec-format files (text or binary each, detected). They must hold the same
     words in the same order with the same dimension. Rows are taken as most frequent first; counts are unknown."""
     in_path = Path(in_path)
-    _require_file(in_path, "--in-vectors")
     if out_path is None and not in_only:
         raise ModelError("--out-vectors is missing: give the OUT (syn1neg) file too, or pass --in-only")
-    words, in_rows = read_word2vec(in_path)
+    words, in_rows = read_word2vec(in_path, what="--in-vectors")
     out_rows = None
     source = {"kind": "word2vec-pair", "path": str(in_path.absolute()), "sha256": sha256_of(in_path)}
     if out_path is not None:
         out_path = Path(out_path)
-        _require_file(out_path, "--out-vectors")
-        out_words, out_rows = read_word2vec(out_path)
+        out_words, out_rows = read_word2vec(out_path, what="--out-vectors")
         source |= {"out_path": str(out_path.absolute()), "out_sha256": sha256_of(out_path)}
         if len(out_words) != len(words):
             raise ModelError(f"IN has {len(words)} words but OUT has {len(out_words)} ({in_path} vs {out_path})")

@@ -1,9 +1,35 @@
-"""What every model reader returns: the vocabulary and the two raw matrices of a model."""
+"""What every model reader takes and returns: an input file it checks once (``require_file``), and the
+vocabulary and the two raw matrices of a model (``SourceModel``), whose words must be unique
+(``duplicate_words``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from dualvec.kernel.errors import ModelError
+
+
+def require_file(path: Path, what: str) -> None:
+    """Refuse (ModelError naming ``what`` and the path) a path that is missing, a directory, or empty."""
+    if not path.exists():
+        raise ModelError(f"{what} {path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{what} {path}: is a directory, expected a file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{what} {path}: the file is empty")
+
+
+def duplicate_words(words: list[str]) -> list[str]:
+    """The words that occur more than once, each at its second and later occurrences, in order."""
+    seen: set[str] = set()
+    dups = []
+    for w in words:
+        if w in seen:
+            dups.append(w)
+        seen.add(w)
+    return dups
 
 
 @dataclass

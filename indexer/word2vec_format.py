@@ -2,7 +2,8 @@
 "word " followed by d little-endian float32 in binary. Text or binary is detected from the bytes.
 
 Every malformation is refused with the file, the row and what is wrong: a bad header, a truncated file, a row
-with the wrong number of values, a non-number, a duplicate word, a non-finite value.
+with the wrong number of values, a non-number, a duplicate word. Non-finite values are refused when the space is
+normalized, as they are for every source.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dualvec.indexer.source_model import duplicate_words, require_file
 from dualvec.kernel.errors import ModelError
 
 _FLOAT = np.dtype("<f4")
@@ -41,31 +43,22 @@ def detect_binary(path: str | os.PathLike) -> bool:
     return any(b < 0x20 and b not in (0x09, 0x0A, 0x0D) for b in body) or b"\x7f" in body
 
 
-def read_word2vec(path: str | os.PathLike, *, binary: bool | None = None) -> tuple[list[str], np.ndarray]:
-    """Read a word2vec-format file. Returns (words, (n, d) float32 rows). binary=None detects the format."""
+def read_word2vec(path: str | os.PathLike, *, binary: bool | None = None,
+                  what: str = "word2vec file") -> tuple[list[str], np.ndarray]:
+    """Read a word2vec-format file. Returns (words, (n, d) float32 rows). binary=None detects the format; ``what``
+    names the file in errors (the option it came from). Non-finite values are refused when a space is normalized
+    (dualvec.indexer.normalize), as for every source."""
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelError(f"{path}: is a directory, expected a word2vec-format file")
+    require_file(path, what)
     if binary is None:
         binary = detect_binary(path)
     data = path.read_bytes()
     n, d, pos = _header(data, path)
     words, rows = (_read_binary if binary else _read_text)(data, pos, n, d, path)
-    seen: dict[str, int] = {}
-    dups = []
-    for i, w in enumerate(words):
-        if w in seen:
-            dups.append(w)
-        seen[w] = i
+    dups = duplicate_words(words)
     if dups:
         raise ModelError(f"{path}: duplicate words: {', '.join(repr(w) for w in dups[:10])}"
                          f"{' ...' if len(dups) > 10 else ''}")
-    bad = ~np.isfinite(rows).all(axis=1)
-    if bad.any():
-        named = [words[i] for i in np.flatnonzero(bad)[:10]]
-        raise ModelError(f"{path}: non-finite values (NaN or inf) in the rows of {', '.join(map(repr, named))}")
     return words, rows
 
 

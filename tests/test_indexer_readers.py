@@ -363,8 +363,6 @@ def test_the_good_pair_reads(pair_files):
     ("dim", rf"IN has dimension {DIM} but OUT has {DIM // 2}"),
     ("words", r"OUT has words that IN lacks: 'zzzunseen'"),
     ("dup", r"dup: duplicate words: '\w+'"),
-    ("nan", r"nan: non-finite values \(NaN or inf\) in the rows of '\w+'"),
-    ("inf", r"inf: non-finite values \(NaN or inf\) in the rows of '\w+'"),
     ("truncated", r"truncated.bin: truncated: row \d+ of \d+ \('\w+'\) needs 64 bytes of vector"),
     ("truncated_text", r"truncated.txt: truncated: the header announces \d+ rows, the file has \d+"),
     ("not_a_number", r"not-a-number.txt: row 5 \('\w+'\) has a value that is not a number"),
@@ -379,7 +377,15 @@ def test_a_bad_out_file_is_refused_naming_the_problem(pair_files, out, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["truncated", "truncated_text", "nan", "dup", "empty_vocab"])
+@pytest.mark.parametrize("name", ["nan", "inf"])
+def test_a_non_finite_out_file_is_refused_when_normalized_naming_the_space_and_word(pair_files, tmp_path, name):
+    source = read_vector_pair(pair_files["in"], pair_files[name])
+    with pytest.raises(ModelError, match=r"OUT space: non-finite values \(NaN or inf\) in the vectors of '\w+'"):
+        build_bundle(source, tmp_path / "b", BuildConfig(index="flat", quiet=True))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["truncated", "truncated_text", "dup", "empty_vocab"])
 def test_a_bad_in_file_is_refused_too(pair_files, name):
     with pytest.raises(ModelError):
         read_vector_pair(pair_files[name], pair_files["out"])
