@@ -89,15 +89,18 @@ def print_rates(report) -> None:
     """Each pair's rate in the table beside the bare batched search rate, on the same blocks of the same run."""
     print("rates, queries/s, on the measured blocks (each searched for the table and bare, one after the other):")
     print(f"  {'pair':8} {'queries':>9} {'table':>9} {'search':>9} {'faiss':>9} {'table/search':>13} "
-          f"{'with write':>11} {'table/faiss':>12}")
+          f"{'with write':>11} {'by CPU time':>12} {'table/faiss':>12}")
     write_share = report.render_seconds / report.search_seconds if report.search_seconds > 0 else 0.0
     rows = list(report.measured.items())
     if len(rows) > 1:
-        rows.append(("all", [sum(values[j] for _, values in rows) for j in range(4)]))
-    for pair, (queries, table_s, search_s, faiss_s) in rows:
+        rows.append(("all", [sum(values[j] for _, values in rows) for j in range(6)]))
+    for pair, (queries, table_s, search_s, faiss_s, table_cpu, search_cpu) in rows:
         ratio = search_s / table_s
+        cpu_ratio = search_cpu / table_cpu if table_cpu > 0 else float("nan")
         print(f"  {pair:8} {int(queries):9,} {queries / table_s:9,.0f} {queries / search_s:9,.0f} "
-              f"{queries / faiss_s:9,.0f} {ratio:13.2f} {ratio / (1 + write_share):11.2f} {faiss_s / table_s:12.2f}")
+              f"{queries / faiss_s:9,.0f} {ratio:13.2f} {ratio / (1 + write_share):11.2f} {cpu_ratio:12.2f} "
+              f"{faiss_s / table_s:12.2f}")
     print("  table: searched and spooled for the table; search: SpaceIndex.search alone at the pair's parameters "
           "(re-scoring and hub rows included); faiss: the index call alone; with write: table/search with the "
-          "final write's share of the run")
+          "final write's share of the run; by CPU time: table/search counted in this process's CPU seconds "
+          "(steadier than the clock on a shared host)")

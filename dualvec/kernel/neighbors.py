@@ -84,7 +84,8 @@ class RunReport:
     render_seconds: float
     queries_by_pair: dict[str, int] = field(default_factory=dict)
     seconds_by_pair: dict[str, float] = field(default_factory=dict)
-    # with measure: per pair, [queries, table seconds, bare search seconds, bare FAISS seconds] of the measured
+    # with measure: per pair, [queries, table seconds, bare search seconds, bare FAISS seconds, table CPU seconds,
+    # bare search CPU seconds] of the measured
     # blocks, each block timed both ways one after the other (in turn which first), so that both see the same load
     measured: dict[str, list[float]] = field(default_factory=dict)
     measure_seconds: float = 0.0  # spent on the bare calls (left out of search_seconds)
@@ -368,7 +369,7 @@ class NeighborTable:
             bare_first = timed and (b // self.measure_stride) % 2 == 1
             if bare_first:
                 bare = bare_search_seconds(self.bundle, pair, qids, self.job.k, self.job.exact)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ids, scores = search_block(self.bundle, pair, qids, self.job.k, self.job.exact)
             record = block_batch(pair_index, qids, ids, scores)
             with pa.ipc.new_stream(spool, record.schema) as writer:
@@ -377,15 +378,15 @@ class NeighborTable:
             if time.monotonic() - checkpointed >= self.checkpoint_seconds:
                 self._checkpoint(spool, ends)
                 checkpointed = time.monotonic()
-            spent = time.perf_counter() - t0
+            spent, spent_cpu = time.perf_counter() - t0, time.process_time() - c0
             report.seconds_by_pair[pair] = report.seconds_by_pair.get(pair, 0.0) + spent
             report.queries_by_pair[pair] = report.queries_by_pair.get(pair, 0) + len(qids)
             if timed:
                 if not bare_first:
                     bare = bare_search_seconds(self.bundle, pair, qids, self.job.k, self.job.exact)
                 report.measure_seconds += bare[0] + bare[1]
-                sums = report.measured.setdefault(pair, [0, 0.0, 0.0, 0.0])
-                for j, value in enumerate((len(qids), spent, *bare)):
+                sums = report.measured.setdefault(pair, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+                for j, value in enumerate((len(qids), spent, bare[0], bare[1], spent_cpu, bare[2])):
                     sums[j] += value
             if bar is not None:
                 bar.update(len(qids))
@@ -477,11 +478,11 @@ class NeighborTable:
 # ------------------------------------------------------------------------------------------------- the raw rate
 
 def bare_search_seconds(bundle: Bundle, pair: str, qids: np.ndarray, k: int, exact: bool = False
-                        ) -> tuple[float, float]:
-    """(search, faiss): seconds of the bare batched calls behind one block, its query vectors gathered beforehand
-    and nothing kept: "search" is SpaceIndex.search (or the exhaustive scan) at the pair's parameters, re-scoring
-    and hub rows included, the call the table makes; "faiss" is the index call alone (the same for an exhaustive
-    scan)."""
+                        ) -> tuple[float, float, float]:
+    """(search, faiss, search CPU): seconds of the bare batched calls behind one block, its query vectors
+    gathered beforehand and nothing kept: "search" is SpaceIndex.search (or the exhaustive scan) at the pair's
+    parameters, re-scoring and hub rows included, the call the table makes, timed by the clock and in this
+    process's CPU time; "faiss" is the index call alone (the same for an exhaustive scan)."""
     from dualvec.kernel.ann import DEFAULT_RERANK, zero_padded
 
     query, target = parse_pair(pair)
@@ -490,15 +491,15 @@ def bare_search_seconds(bundle: Bundle, pair: str, qids: np.ndarray, k: int, exa
     queries = np.ascontiguousarray(bundle.vectors[query][qids], dtype=np.float32)
     fetch = min(k + 1, space.n)
     exact = exact or space.index is None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if exact:
         exact_search(space.vectors, queries, fetch)
     else:
         space.search(queries, fetch, params, pair)
-    t1 = time.perf_counter()
+    t1, cpu = time.perf_counter(), time.process_time() - c0
     if exact:
-        return t1 - t0, t1 - t0
+        return t1 - t0, t1 - t0, cpu
     padded = zero_padded(queries, space.index_dim) if space.index_dim > space.dim else queries
     kk = fetch if space.exact_scores else fetch * max(1, params.rerank or DEFAULT_RERANK)
     space.index.search(padded, kk, params=space._faiss_params(params, fetch))
-    return t1 - t0, time.perf_counter() - t1
+    return t1 - t0, time.perf_counter() - t1, cpu
