@@ -87,6 +87,28 @@ def test_index_bundle_recall_reaches_the_recorded_recall(tmp_path, kind):
         assert recall(bundle.vectors[t], sample, truth, found) >= recorded - 0.02, pair
 
 
+def test_recall_script_counts_an_exact_table_as_exact(tmp_path, capsys):
+    import importlib.util
+
+    bundle = read_bundle(FIXTURES / "ivf")
+    qids, _ = kn.query_ids(bundle, None)
+    exact = tmp_path / "exact.parquet"
+    kn.NeighborTable(bundle, kn.NeighborsJob(PAIRS, k=10, exact=True), qids, exact, progress=False).run()
+    tuned = tmp_path / "tuned.tsv"
+    run_table(bundle, tuned, k=10)
+    spec = importlib.util.spec_from_file_location("neighbors_recall", Path(__file__).parent.parent / "scripts" /
+                                                  "neighbors_recall.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(FIXTURES / "ivf"), str(exact), str(exact)]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == 4 and all(line.split()[2:4] == ["1.0000", "1.0000"] for line in lines)
+    assert script.main([str(FIXTURES / "ivf"), str(tuned), str(exact)]) == 0
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        pair, _, uniform = line.split()[:3]
+        assert float(uniform) >= bundle.pair_tuning(pair).recall_uniform - 0.02
+
+
 def test_tuned_search_matches_the_engine(tmp_path):
     """A word's row of the table is what Search answers for that word."""
     from dualvec.kernel.search import SearchEngine, SearchQuery
