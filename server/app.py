@@ -7,8 +7,9 @@ then new calls refused and in-flight calls given ``grace_seconds`` before the pr
 
 Who may call: ``auth_token_file`` (bearer tokens, dualvec.server.auth) and TLS (``tls_cert``/``tls_key``, with
 ``tls_client_ca`` for mutual TLS). SIGHUP calls ``RunningServer.reload`` in every server process: it re-reads the
-token file, then runs the ``reloaders`` (where a bundle reload plugs in). ``metrics_port`` serves Prometheus
-metrics (dualvec.server.metrics).
+token file, then runs the ``reloaders``: the bundle reload (dualvec.server.reload), which loads, verifies and swaps
+in a bundle whose served path changed; ``watch`` seconds > 0 also polls the served paths. ``metrics_port`` serves
+Prometheus metrics (dualvec.server.metrics).
 """
 from __future__ import annotations
 
@@ -18,24 +19,21 @@ import logging
 import os
 import signal
 import threading
-import time
 from concurrent import futures
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from dualvec.kernel.bundle import read_bundle
-from dualvec.server.host.prefault import prepare_for_serving
 from dualvec.kernel.errors import DualvecError
 from dualvec.server.admission import AdmissionControl
 from dualvec.server.draining import DrainingHealth, ShutdownSignals, check_timings, drain, serve_health_only
 from dualvec.server.auth import TokenAuth, check_tls, read_tokens, tls_server_credentials
 from dualvec.server.metrics import ServerMetrics
+from dualvec.server.reload import BundleReloader, ServedBundle, ServedSet, bundle_names, disk_identity, load_bundle
 from dualvec.server.host.cpu_affinity import available_cpus, pin_process
 from dualvec.kernel.search import Limits, SearchEngine
 from dualvec.server.servicer import DualVecServicer
@@ -75,6 +73,7 @@ class ServerConfig:
     drain_delay: float = 5.0   # seconds still answering after SIGTERM, health NOT_SERVING (dualvec.server.draining)
     health_port: int | None = None      # plaintext grpc.health.v1 alone on host:PORT, for probes; None: none
     max_connection_age: float = 0.0     # seconds before a connection is closed (clients re-resolve); 0: never
+    watch: float = 0.0         # seconds between looks at each served path, reloading a changed bundle; 0: SIGHUP only
 
 
 @dataclass
@@ -91,6 +90,7 @@ class RunningServer:
     reloaders: list[Callable[[], bool]] = field(default_factory=list)
     health_server: grpc.Server | None = None  # the health-only listener (ServerConfig.health_port)
     health_port: int | None = None
+    bundles: BundleReloader | None = None  # reloads the served bundles (one of the reloaders; --watch polls)
 
     def reload(self) -> bool:
         """What SIGHUP does: re-read the token file, then run the reloaders. A failed step is logged by itself,
@@ -115,42 +115,48 @@ class RunningServer:
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight calls finish within ``grace`` seconds."""
+        if self.bundles is not None:
+            self.bundles.stop()
         drain(self, 0.0, 0.0 if grace is None else grace)
 
     def drain(self, delay: float, grace: float, cut_short: threading.Event | None = None) -> None:
         """What SIGTERM does (dualvec.server.draining.drain): NOT_SERVING, answer ``delay`` seconds more, then stop
         with ``grace``."""
+        if self.bundles is not None:
+            self.bundles.stop()
         drain(self, delay, grace, cut_short)
 
 
-def load_engines(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> dict[str, SearchEngine]:
-    """Read each bundle (memory-mapped) and name it by its directory name (made unique)."""
+def load_bundles(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> dict[str, ServedBundle]:
+    """Read each bundle (memory-mapped, from the directory its path resolves to now) and name it by its path's
+    last part (made unique); each keeps its served path, which a reload looks at again."""
     limits = Limits(max_k=cfg.max_k, max_batch=cfg.max_batch)
-    engines: dict[str, SearchEngine] = {}
-    for path in cfg.bundles:
-        name = Path(path).name
-        base, i = name, 2
-        while name in engines:
-            name, i = f"{base}-{i}", i + 1
-        started = time.perf_counter()
-        bundle = read_bundle(path, checksums=cfg.checksums)
-        if cfg.prefault:
-            prepare_for_serving(bundle)
-        engines[name] = SearchEngine(bundle, limits)
+    bundles: dict[str, ServedBundle] = {}
+    for name, path in bundle_names(cfg.bundles):
+        served = bundles[name] = load_bundle(name, path, limits=limits, checksums=cfg.checksums,
+                                             prefault=cfg.prefault)
+        bundle = served.bundle
         if metrics is not None:
             metrics.bundle_loaded(name)
-        log.info("loaded bundle %s as %r: %d words x %d dims, spaces %s (%.1f s)", bundle.path, name,
+        log.info("loaded bundle %s as %r: %d words x %d dims, spaces %s, content_id %s (%.1f s)", bundle.path, name,
                  bundle.vocab_size, bundle.dim, ",".join(s.upper() for s in bundle.manifest.spaces),
-                 time.perf_counter() - started)
-    return engines
+                 served.content_id, served.seconds)
+    return bundles
 
 
-def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_port: bool = False,
+def load_engines(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> dict[str, SearchEngine]:
+    """The engines of ``load_bundles``, by name (served from their bundles' directories)."""
+    return {name: served.engine for name, served in load_bundles(cfg, metrics).items()}
+
+
+def start_server(engines: Mapping[str, SearchEngine | ServedBundle], cfg: ServerConfig, *, reuse_port: bool = False,
                  serving: bool = True, metrics: ServerMetrics | None = None) -> RunningServer:
-    """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound. reuse_port: share
-    the port with the other processes of `serve --processes` (SO_REUSEPORT). serving=False: health stays
-    NOT_SERVING until ``running.set_serving()`` (`serve --processes`: once every process is up). metrics: count
-    this server's calls there. Raises DualvecError when the token file or a TLS file cannot be used."""
+    """Bind, start, and report SERVING. Raises DualvecError when the address cannot be bound. engines: by name, the
+    first the default (ServedBundles from ``load_bundles``, or engines served from their bundles' directories).
+    reuse_port: share the port with the other processes of `serve --processes` (SO_REUSEPORT). serving=False:
+    health stays NOT_SERVING until ``running.set_serving()`` (`serve --processes`: once every process is up).
+    metrics: count this server's calls there. Raises DualvecError when the token file or a TLS file cannot be
+    used. The bundle reload is the last of ``running.reloaders``; ``cfg.watch`` > 0 starts its polling."""
     # interceptors run in order: metrics counts every call (refusals too), then the token check refuses a call
     # before admission control (or anything else) spends work on it
     auth = TokenAuth(cfg.auth_token_file) if cfg.auth_token_file else None
@@ -173,13 +179,13 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
                                   *_connection_age_options(cfg),
                                   ("grpc.server.max_pending_requests", admission.backlog_limits[0]),
                                   ("grpc.server.max_pending_requests_hard_limit", admission.backlog_limits[1])])
-    servicer = DualVecServicer(engines, batch_size=cfg.batch_size, concurrent_batches=cfg.concurrent_batches)
+    served = ServedSet.of(engines, batch_size=cfg.batch_size, concurrent_batches=cfg.concurrent_batches,
+                          on_batch=metrics.batch_observer if metrics is not None else None)
+    servicer = DualVecServicer(served)
     pb_grpc.add_DualVecServicer_to_server(servicer, server)
     if metrics is not None:
-        for name, batcher in servicer.batchers.items():
-            batcher.on_batch = metrics.batch_observer(name)
-        for name, engine in engines.items():
-            metrics.serving(name, engine.bundle.manifest, str(engine.bundle.path))
+        for name, bundle in served.bundles.items():
+            metrics.serving(name, bundle.bundle.manifest, bundle.path, content_id=bundle.content_id)
     health_servicer = DrainingHealth(("", SERVICE_NAME))  # NOT_SERVING until set_serving()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -200,8 +206,11 @@ def start_server(engines: dict[str, SearchEngine], cfg: ServerConfig, *, reuse_p
             server.stop(0)
             raise DualvecError(f"--health-port: {exc}") from None
     server.start()
+    bundles = BundleReloader(servicer, metrics=metrics, prefault=cfg.prefault)
     running = RunningServer(server, port, health_servicer, servicer, f"{cfg.host}:{port}", admission, auth,
-                            metrics, health_server=health_server, health_port=health_port)
+                            metrics, reloaders=[bundles.reload], health_server=health_server,
+                            health_port=health_port, bundles=bundles)
+    bundles.watch(cfg.watch)
     if serving:
         running.set_serving()
     return running
@@ -288,6 +297,8 @@ def _child_start_server(metrics: ServerMetrics | None):
             metrics.forget_endpoint()  # the parent's /metrics socket, inherited: not this process's to serve
         hangup = _Hangup()
         running = start_server(engines, cfg, metrics=metrics, **kwargs)
+        if any(disk_identity(b.path) != b.identity for b in running.servicer.served.bundles.values()):
+            running.bundles.reload()  # a path changed since the parent loaded it (a worker started after a reload)
         hangup.run(running.reload)
         return running
     return start
@@ -316,6 +327,8 @@ def serve_forever(cfg: ServerConfig) -> int:
     reloads (``RunningServer.reload``) in every server process."""
     check_access(cfg)
     check_timings(cfg.drain_delay, cfg.grace_seconds, cfg.max_connection_age)
+    if not cfg.watch >= 0:  # NaN too
+        raise DualvecError(f"--watch must be >= 0 seconds (0: reload on SIGHUP only), got {cfg.watch:g}")
     cfg = replace(cfg, processes=resolve_processes(cfg.processes, cfg.cpus, available_cpus()))  # checks --cpus
     _forward_hangup_to_children()  # from now on SIGHUP does not end the server; one process replaces it below
     metrics = ServerMetrics.create(multiprocess=cfg.processes > 1) if cfg.metrics_port is not None else None
@@ -332,10 +345,13 @@ def _serve(cfg: ServerConfig, metrics: ServerMetrics | None) -> int:
     cfg = replace(cfg, processes=resolve_processes(cfg.processes, cfg.cpus, available_cpus()))  # checks --cpus
     if cfg.processes == 1:
         pin_process(cfg.cpus)  # before any server thread exists: they inherit it
-    engines = load_engines(cfg, metrics)
+    engines = load_bundles(cfg, metrics)
     # a bundle's vocabulary is millions of long-lived objects: leave them out of every later garbage collection
     # (and, with --processes, keep the collector from writing to pages the children share)
     gc.freeze()
+    if cfg.watch > 0:
+        log.info("watching %s every %g s: a bundle that changes there is reloaded", ", ".join(cfg.bundles),
+                 cfg.watch)
     if cfg.processes > 1:
         if metrics is not None:
             _start_metrics_after_forks(metrics, cfg.host, cfg.metrics_port, cfg.processes)

@@ -66,6 +66,9 @@ def content_id(manifest) -> str:
     return hashlib.sha256(files.encode("utf-8")).hexdigest()[:16]
 
 
+_manifest_content_id = content_id  # for ServerMetrics.serving, whose argument of that name shadows it
+
+
 @dataclass
 class ServerMetrics:
     """The metrics of one server (all its processes). Make it with ``ServerMetrics.create`` before the bundles
@@ -135,10 +138,12 @@ class ServerMetrics:
         """A reload refused ("bundle", "auth_tokens"); the old one keeps serving."""
         self.reload_failures.labels(what).inc()
 
-    def serving(self, model: str, manifest, path: str = "") -> None:
-        """``model`` now serves the bundle of ``manifest`` (call again with the new one after a reload)."""
+    def serving(self, model: str, manifest, path: str = "", content_id: str | None = None) -> None:
+        """``model`` now serves the bundle of ``manifest`` (call again with the new one after a reload);
+        ``content_id``: the id the server tells in GetInfo (by default ``content_id(manifest)``)."""
         manifest = _as_dict(manifest)
-        labels = (model, content_id(manifest), str(manifest.get("created", "")), str(path))
+        labels = (model, content_id or _manifest_content_id(manifest), str(manifest.get("created", "")),
+                  str(path))
         old = self._bundles.get(model)
         if old is not None and old != labels:
             self.bundle_info.labels(*old).set(0)

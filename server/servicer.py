@@ -9,10 +9,10 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
-from dualvec.kernel.errors import DualvecError, InvalidArgument, UnknownModel
-from dualvec.server.batching import Batcher
+from dualvec.kernel.errors import DualvecError, InvalidArgument
 from dualvec.kernel.desm import DesmLimits, score_documents, tokenized_inputs
 from dualvec.kernel.search import SearchEngine, SearchQuery
+from dualvec.server.reload import ServedBundle, ServedSet
 from dualvec.server.status_codes import status_for
 from dualvec.server.streaming import ReadAhead
 from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
@@ -27,29 +27,35 @@ log = logging.getLogger(__name__)
 STREAM_READ_AHEAD = 64
 
 class DualVecServicer(pb_grpc.DualVecServicer):
-    """Serves one or more named search engines; the first is the default (model = "")."""
+    """Serves one or more named search engines; the first is the default (model = "").
 
-    def __init__(self, engines: Mapping[str, SearchEngine], desm_limits: DesmLimits | None = None, *,
+    What is served is ``self.served``, an immutable ServedSet (dualvec.server.reload) that a reload replaces with
+    one assignment: each call reads it once at its start and takes its engine and batcher from it."""
+
+    def __init__(self, engines: Mapping[str, SearchEngine | ServedBundle] | ServedSet,
+                 desm_limits: DesmLimits | None = None, *,
                  batch_size: int = 64,
                  concurrent_batches: int = 2):
-        if not engines:
-            raise ValueError("no bundle to serve")
-        self.engines = dict(engines)
         # concurrent Search calls of one bundle share FAISS calls (dualvec.server.batching)
-        self.batchers = {name: Batcher(engine.search_prepared, max_batch=batch_size, max_running=concurrent_batches)
-                         for name, engine in self.engines.items()} if batch_size > 1 else {}
-        self.default = next(iter(self.engines))
+        self.served = engines if isinstance(engines, ServedSet) else ServedSet.of(
+            engines, batch_size=batch_size, concurrent_batches=concurrent_batches)
         self.desm_limits = desm_limits or DesmLimits()
 
     # ------------------------------------------------------------------------------------------------ plumbing
+    @property
+    def engines(self) -> Mapping[str, SearchEngine]:
+        return self.served.engines
+
+    @property
+    def batchers(self):
+        return self.served.batchers
+
+    @property
+    def default(self) -> str:
+        return self.served.default
+
     def engine(self, name: str) -> SearchEngine:
-        if not name:
-            return self.engines[self.default]
-        try:
-            return self.engines[name]
-        except KeyError:
-            raise UnknownModel(f"model: no bundle named {name!r} is served here (served: "
-                               f"{', '.join(self.engines)})") from None
+        return self.served.engine(name)
 
     def _call(self, context: grpc.ServicerContext, work: Callable[[], object]):
         try:
@@ -63,27 +69,30 @@ class DualVecServicer(pb_grpc.DualVecServicer):
 
     # ----------------------------------------------------------------------------------------------------- rpcs
     def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
-        return self._call(context, lambda: self._search(request))
+        served = self.served
+        return self._call(context, lambda: self._search(served, request))
 
-    def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+    def _search(self, served: ServedSet, request: pb.SearchRequest) -> pb.SearchResponse:
         """One search request answered (Search, and each request of SearchStream); raises DualvecError."""
-        engine = self.engine(request.model)
+        engine = served.engine(request.model)
         prepared = engine.prepare(query_from_pb(request))
-        batcher = self.batchers.get(request.model or self.default)
+        batcher = served.batcher(request.model)
         if batcher is None or prepared.exact:  # an exhaustive search would hold up a whole batch
             return response_from(engine.search_prepared([prepared])[0])
         return response_from(batcher.submit(prepared))
 
     def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
+        served = self.served
+
         def work():
             reqs = request.requests
-            self.engines[self.default].limits.check_batch(len(reqs), "requests")  # one server, one limit
+            served.engine("").limits.check_batch(len(reqs), "requests", [r.k for r in reqs])  # one server, one limit
             by_model: dict[str, list[int]] = {}
             for i, r in enumerate(reqs):
                 by_model.setdefault(r.model, []).append(i)
             out: list[pb.SearchResponse | None] = [None] * len(reqs)
             for name, members in by_model.items():
-                engine = self.engine(name)
+                engine = served.engine(name)
                 prepared = [engine.prepare(query_from_pb(reqs[i], f"requests[{i}]."), f"requests[{i}].")
                             for i in members]
                 for i, res in zip(members, engine.search_prepared(prepared)):
@@ -110,22 +119,24 @@ class DualVecServicer(pb_grpc.DualVecServicer):
             reader.close()
 
     def _stream_answers(self, first: int, requests: list[pb.SearchRequest]) -> list[pb.SearchStreamResponse]:
-        """Answers of consecutive stream requests, the first at position ``first`` of the stream."""
+        """Answers of consecutive stream requests, the first at position ``first`` of the stream, all from the
+        served set of the moment (a long stream does not hold a replaced bundle)."""
+        served = self.served
         if len(requests) == 1:
             try:
-                return [pb.SearchStreamResponse(index=first, response=self._search(requests[0]))]
+                return [pb.SearchStreamResponse(index=first, response=self._search(served, requests[0]))]
             except Exception as exc:
                 return [stream_error(first, exc)]
         answers: list[pb.SearchStreamResponse | None] = [None] * len(requests)
         groups: dict[str, tuple[SearchEngine, list[int], list]] = {}
         for i, request in enumerate(requests):
             try:
-                engine = self.engine(request.model)
+                engine = served.engine(request.model)
                 prepared = engine.prepare(query_from_pb(request))
             except Exception as exc:
                 answers[i] = stream_error(first + i, exc)
                 continue
-            group = groups.setdefault(request.model or self.default, (engine, [], []))
+            group = groups.setdefault(request.model or served.default, (engine, [], []))
             group[1].append(i)
             group[2].append(prepared)
         for engine, members, prepared in groups.values():
@@ -140,8 +151,10 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         return answers  # type: ignore[return-value]
 
     def GetVectors(self, request: pb.GetVectorsRequest, context) -> pb.GetVectorsResponse:
+        served = self.served
+
         def work():
-            engine = self.engine(request.model)
+            engine = served.engine(request.model)
             vecs = engine.get_vectors(list(request.words), space_from_pb(request.space, "space"), raw=request.raw)
             return pb.GetVectorsResponse(vectors=[
                 pb.WordVector(word=v.word, id=v.id, vector=v.vector, raw_vector=v.raw or (), norm=v.norm,
@@ -149,16 +162,20 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         return self._call(context, work)
 
     def Similarity(self, request: pb.SimilarityRequest, context) -> pb.SimilarityResponse:
+        served = self.served
+
         def work():
-            engine = self.engine(request.model)
+            engine = served.engine(request.model)
             pairs = [((p.a.word, space_from_pb(p.a.space, f"pairs[{i}].a.space")),
                       (p.b.word, space_from_pb(p.b.space, f"pairs[{i}].b.space"))) for i, p in enumerate(request.pairs)]
             return pb.SimilarityResponse(similarities=engine.similarity(pairs))
         return self._call(context, work)
 
     def ScoreDocuments(self, request: pb.ScoreDocumentsRequest, context) -> pb.ScoreDocumentsResponse:
+        served = self.served
+
         def work():
-            engine = self.engine(request.model)
+            engine = served.engine(request.model)
             bundle = engine.bundle
             query_tokens, docs = tokenized_inputs(
                 engine.tokenizer, request.query, request.query_tokens,
@@ -174,9 +191,11 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         return self._call(context, work)
 
     def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.ModelInfo:
+        served = self.served
+
         def work():
-            name = request.model or self.default
-            return model_info(name, self.engine(request.model), list(self.engines), self.desm_limits)
+            bundle = served.bundle(request.model)
+            return model_info(bundle.name, bundle.engine, list(served.bundles), self.desm_limits, bundle)
         return self._call(context, work)
 
 
@@ -191,7 +210,9 @@ def stream_error(index: int, exc: Exception) -> pb.SearchStreamResponse:
     return pb.SearchStreamResponse(index=index, error=pb.QueryError(code=code.value[0], message=message))
 
 
-def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits: DesmLimits) -> pb.ModelInfo:
+def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits: DesmLimits,
+               bundle: ServedBundle | None = None) -> pb.ModelInfo:
+    """What GetInfo tells of a served bundle (``bundle``: which one this process serves, and since when)."""
     m = engine.bundle.manifest
     indexes = [pb.SpaceIndexInfo(space=space_to_pb(Space(sname)), kind=m.indexes[sname].spec.kind,
                                  description=m.indexes[sname].description, bytes=m.space_bytes(sname))
@@ -214,4 +235,6 @@ def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits: 
                         tokenizer=json.dumps(m.tokenizer or {}), max_k=limits.max_k,
                         max_batch=limits.max_batch, max_documents=desm_limits.max_documents,
                         max_document_tokens=desm_limits.max_document_tokens,
-                        models=served, has_document_frequencies=engine.bundle.docfreq is not None)
+                        models=served, has_document_frequencies=engine.bundle.docfreq is not None,
+                        content_id=bundle.content_id if bundle else m.content_id, created=m.created,
+                        loaded_at=bundle.loaded_at if bundle else "")

@@ -18,8 +18,7 @@ from access_helpers import FLAT_BUNDLE, serve  # noqa: F401 - serve is a fixture
 from dualvec import Client
 from dualvec.client.client import ClientError
 from dualvec.server.app import ServerConfig, load_engines, start_server
-from dualvec.server.metrics import ServerMetrics, content_id
-from dualvec.kernel.bundle import read_manifest
+from dualvec.server.metrics import ServerMetrics
 
 TOKEN = "metrics-token-Lm93"
 
@@ -75,8 +74,9 @@ def test_metrics_count_search_calls(serve, tmp_path, processes):
     assert value(samples, "dualvec_calls_refused_overloaded_total", rpc="Search") == 0
     assert value(samples, "dualvec_search_batch_size_count", model="flat") >= 6
     assert value(samples, "dualvec_bundle_loads_total", model="flat") == 1
-    manifest = read_manifest(FLAT_BUNDLE)
-    assert value(samples, "dualvec_bundle_info", model="flat", content_id=content_id(manifest)) == 1
+    with Client(address, token=TOKEN, timeout=10) as client:
+        served_id = client.info()["content_id"]  # the id GetInfo tells
+    assert value(samples, "dualvec_bundle_info", model="flat", content_id=served_id) == 1
     recalls = {dict(lab)["pair"] for (n, lab), v in samples.items() if n == "dualvec_pair_recall" and v == 1.0}
     assert recalls == {"in-in", "in-out", "out-in", "out-out"}  # an exact bundle: recall 1 by construction
 

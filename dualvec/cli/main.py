@@ -102,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        processes=args.processes, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,
                        tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, metrics_port=args.metrics_port,
                        drain_delay=args.drain_delay, health_port=args.health_port,
-                       max_connection_age=args.max_connection_age)
+                       max_connection_age=args.max_connection_age, watch=args.watch)
     return serve_forever(cfg)
 
 
@@ -283,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS",
                    help="close each client connection after this long (calls in flight get --grace), so that "
                         "clients resolve the address again and find new replicas; 0 = never (%(default)s)")
-    p.add_argument("--skip-checksums", action="store_true", help="check file sizes only at load, not sha256")
+    p.add_argument("--skip-checksums", action="store_true",
+                   help="check file sizes only at start, not sha256 (a reload always checks both)")
+    p.add_argument("--watch", type=float, default=default_of(SERVER, "watch"), metavar="SECONDS",
+                   help="look at each bundle path this often and reload a bundle that changed there (a symlink "
+                        "flipped, a directory renamed into place), as SIGHUP does; 0 = SIGHUP only (%(default)s)")
     p.add_argument("--cpus", default=default_of(SERVER, "cpus"), metavar="LIST",
                    help="CPUs the server runs on: 'auto' (one CPU on machines with 2 or fewer, where that measured "
                         "faster; the OS decides on bigger ones), 'all', or a list like '1', '0,2', '0-3'")
