@@ -13,6 +13,12 @@ HNSW insertion order (--insertion): "vocab" adds the rows in vocabulary order (m
 calls dualvec's build makes (dualvec.kernel.ann.graph_insertion_step); "shuffled" adds them in one call, which FAISS
 shuffles within each level. Compare both on one model to see what the order does to cross-space recall.
 
+The crowd table (--crowd-queries per draw, exact scan, no index): per pair and query draw, the median exact top-1
+and 10th cosine, and how many words lie within 0.01 and within 0.05 of the 10th (median / p90; the top 10
+included, the query word left out). Where hundreds of words sit within 0.01 of the 10th, a graph search must visit
+a large part of that crowd to return the true top 10: this is what makes a model's same-space pairs slow.
+--crowd-only prints that table alone (minutes at 1M words instead of building two indexes).
+
 MODEL_DIR holds model.model (gensim full model) or in.bin + out.bin; a model file may be given directly.
 """
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,64 @@ from dualvec.kernel.topk import drop_query_ids
 from dualvec.kernel.truth import QuerySample, exact_truth, recall
 
 PAIRS = [("IN", "IN"), ("IN", "OUT"), ("OUT", "IN"), ("OUT", "OUT")]
+CROWD_MARGINS = (0.01, 0.05)
+# score rows held at once by the crowd scan: 32M float32 (128 MiB) whatever the vocabulary size
+CROWD_CHUNK_SCORES = 32_000_000
+
+
+@dataclass
+class Crowd:
+    """Exact neighbourhood of m queries in one target space: top1 (m,) and kth (m,) float32, the best and k-th
+    best exact cosines (the query word left out); within[margin] (m,) int64, how many target rows (the query word
+    left out) score at least kth - margin, the top k included."""
+
+    top1: np.ndarray
+    kth: np.ndarray
+    within: dict[float, np.ndarray]
+
+
+def crowd(rows: np.ndarray, queries: np.ndarray, query_ids: np.ndarray, k: int = 10,
+          margins: tuple[float, ...] = CROWD_MARGINS) -> Crowd:
+    """The crowd around each query's k-th neighbour, by an exact scan of every row (counting rows within a
+    margin needs each query's whole score row, so the scan goes a few queries at a time).
+    rows: (n, d) float32 unit rows of the target space; queries: (m, d) float32; query_ids: (m,) int64."""
+    n = rows.shape[0]
+    m = len(query_ids)
+    step = max(1, min(m, CROWD_CHUNK_SCORES // max(n, 1)))
+    top1 = np.empty(m, np.float32)
+    kth = np.empty(m, np.float32)
+    within = {mg: np.empty(m, np.int64) for mg in margins}
+    kk = min(k, n - 1)
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        scores = np.asarray(queries[start:stop], np.float32) @ rows.T          # (c, n)
+        own = np.asarray(query_ids[start:stop])
+        scores[np.arange(stop - start), own] = -np.inf                          # the query word is left out
+        part = np.partition(scores, n - kk, axis=1)
+        kth[start:stop] = part[:, n - kk]
+        top1[start:stop] = scores.max(axis=1)
+        for mg in margins:
+            within[mg][start:stop] = (scores >= kth[start:stop, None] - mg).sum(axis=1)
+    return Crowd(top1, kth, within)
+
+
+def crowd_table(X: dict[str, np.ndarray], qsets: dict[str, np.ndarray], k: int, queries: int,
+                margins: tuple[float, ...] = CROWD_MARGINS, progress=None) -> list[str]:
+    """The crowd table's markdown lines: one row per query draw and pair, the first ``queries`` ids of each draw."""
+    lines = ["| queries | pair | top-1 cosine (median) | 10th cosine (median) | "
+             + " | ".join(f"words within {mg:g} of the 10th (median / p90)" for mg in margins) + " |",
+             "|---|---|---|---|" + "---|" * len(margins)]
+    for qname, ids in qsets.items():
+        ids = np.asarray(ids[:queries], np.int64)
+        for src, dst in PAIRS:
+            started = time.perf_counter()
+            c = crowd(X[dst], X[src][ids], ids, k, margins)
+            cells = [f"{np.median(c.top1):.3f}", f"{np.median(c.kth):.3f}"]
+            cells += [f"{np.median(c.within[mg]):,.0f} / {np.percentile(c.within[mg], 90):,.0f}" for mg in margins]
+            lines.append(f"| {qname} | {src}->{dst} | " + " | ".join(cells) + " |")
+            if progress:
+                progress(f"{lines[-1]}  ({time.perf_counter() - started:.0f}s)")
+    return lines
 
 
 def load(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
@@ -62,6 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--insertion", choices=("vocab", "shuffled"), default="vocab",
                     help="HNSW insertion order (default vocab: dualvec's build)")
+    ap.add_argument("--crowd-queries", type=int, default=200,
+                    help="queries per draw for the crowd table (exact scan of every row; 0 = no crowd table)")
+    ap.add_argument("--crowd-only", action="store_true", help="print the crowd table alone (no index is built)")
     args = ap.parse_args(argv)
 
     import faiss
@@ -86,6 +154,15 @@ def main(argv=None) -> int:
         print("(no counts in in.bin/out.bin: by-frequency queries skipped)")
 
     k = args.k
+    if args.crowd_queries > 0:
+        print(f"\ncrowd around the {k}th exact neighbour, {args.crowd_queries} queries per draw, exact scan",
+              flush=True)
+        table = crowd_table(X, qsets, k, args.crowd_queries, progress=lambda line: print(line, file=sys.stderr,
+                                                                                          flush=True))
+        print("\n".join(table), flush=True)
+    if args.crowd_only:
+        print(f"\n(total {time.perf_counter() - t0:.0f}s)")
+        return 0
     indexes = {}
     for sp in ("IN", "OUT"):
         t = time.perf_counter()
