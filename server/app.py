@@ -28,8 +28,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dualvec.kernel.desm import DesmLimits
 from dualvec.kernel.errors import DualvecError
 from dualvec.server.admission import AdmissionControl
+from dualvec.server.malformed import MalformedRequests
 from dualvec.server.draining import DrainingHealth, ShutdownSignals, check_timings, drain, serve_health_only
 from dualvec.server.auth import TokenAuth, check_tls, read_tokens, tls_server_credentials
 from dualvec.server.metrics import ServerMetrics
@@ -44,6 +46,9 @@ from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 log = logging.getLogger("dualvec.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DualVec"].full_name
+# the largest answer the server sends: above the largest one the default limits allow (dualvec.kernel.search
+# Limits.max_results), and what dualvec.Client receives
+MAX_SEND_MESSAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,15 @@ class ServerConfig:
     port: int = 50051
     max_k: int = 1000
     max_batch: int = 1024
+    # the other sizes a client controls (each default written once, in dualvec.kernel.search.Limits and
+    # dualvec.kernel.desm.DesmLimits); past one, INVALID_ARGUMENT naming the field, the limit and the flag
+    max_results: int = Limits.max_results        # neighbours one BatchSearch asks for in all (sum of its k)
+    max_words: int = Limits.max_words            # words per query and per GetVectors, pairs per Similarity
+    max_word_bytes: int = Limits.max_word_bytes  # UTF-8 bytes of one word
+    max_documents: int = DesmLimits.max_documents              # documents per ScoreDocuments
+    max_document_tokens: int = DesmLimits.max_document_tokens  # tokens (or text) of one document
+    max_query_tokens: int = DesmLimits.max_query_tokens        # tokens (or text) of a ScoreDocuments query
+    max_message_bytes: int = 16 << 20  # one request; larger: RESOURCE_EXHAUSTED from gRPC, naming both sizes
     workers: int = 16          # calls worked on at once (dualvec.server.admission)
     max_queue: int = 256       # calls admitted at once (running or waiting for a worker); more: RESOURCE_EXHAUSTED
     checksums: bool = True
@@ -74,6 +88,18 @@ class ServerConfig:
     health_port: int | None = None      # plaintext grpc.health.v1 alone on host:PORT, for probes; None: none
     max_connection_age: float = 0.0     # seconds before a connection is closed (clients re-resolve); 0: never
     watch: float = 0.0         # seconds between looks at each served path, reloading a changed bundle; 0: SIGHUP only
+
+
+def search_limits(cfg: ServerConfig) -> Limits:
+    """The limits every search engine of the server checks requests against."""
+    return Limits(max_k=cfg.max_k, max_batch=cfg.max_batch, max_words=cfg.max_words,
+                  max_word_bytes=cfg.max_word_bytes, max_results=cfg.max_results)
+
+
+def desm_limits(cfg: ServerConfig) -> DesmLimits:
+    """The limits of ScoreDocuments calls."""
+    return DesmLimits(max_documents=cfg.max_documents, max_document_tokens=cfg.max_document_tokens,
+                      max_query_tokens=cfg.max_query_tokens)
 
 
 @dataclass
@@ -130,7 +156,7 @@ class RunningServer:
 def load_bundles(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> dict[str, ServedBundle]:
     """Read each bundle (memory-mapped, from the directory its path resolves to now) and name it by its path's
     last part (made unique); each keeps its served path, which a reload looks at again."""
-    limits = Limits(max_k=cfg.max_k, max_batch=cfg.max_batch)
+    limits = search_limits(cfg)
     bundles: dict[str, ServedBundle] = {}
     for name, path in bundle_names(cfg.bundles):
         served = bundles[name] = load_bundle(name, path, limits=limits, checksums=cfg.checksums,
@@ -158,30 +184,33 @@ def start_server(engines: Mapping[str, SearchEngine | ServedBundle], cfg: Server
     metrics: count this server's calls there. Raises DualvecError when the token file or a TLS file cannot be
     used. The bundle reload is the last of ``running.reloaders``; ``cfg.watch`` > 0 starts its polling."""
     # interceptors run in order: metrics counts every call (refusals too), then the token check refuses a call
-    # before admission control (or anything else) spends work on it
+    # before admission control (or anything else) spends work on it; a request that does not parse is answered
+    # INVALID_ARGUMENT next (dualvec.server.malformed), before it takes a place in admission's queue
     auth = TokenAuth(cfg.auth_token_file) if cfg.auth_token_file else None
     credentials = (tls_server_credentials(cfg.tls_cert, cfg.tls_key or "", cfg.tls_client_ca)
                    if cfg.tls_cert else None)
     # admission control bounds the DualVec calls (fast "server overloaded" refusals beyond max_queue, deadlines
     # honoured while waiting); the pool has a thread for every call taken, so health never queues behind searches
     admission = AdmissionControl(cfg.max_queue, cfg.workers, (SERVICE_NAME,))
+    malformed = MalformedRequests()
     # OpenMP's thread count is per thread: set it in every worker, where FAISS runs (setting it here would only
     # cover this thread, and each single-query search would wake, then spin, a second OpenMP thread)
     threads = max(1, cfg.faiss_threads)
     pool = futures.ThreadPoolExecutor(max_workers=admission.threads, thread_name_prefix="dualvec-rpc",
                                       initializer=faiss.omp_set_num_threads, initargs=(threads,))
     server = grpc.server(pool,
-                         interceptors=[i for i in (metrics and metrics.interceptor(engines), auth, admission) if i],
+                         interceptors=[i for i in (metrics and metrics.interceptor(engines), auth, malformed, admission)
+                                       if i],
                          maximum_concurrent_rpcs=admission.threads,
-                         options=[("grpc.max_receive_message_length", 64 << 20),
-                                  ("grpc.max_send_message_length", 64 << 20),
+                         options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
+                                  ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
                                   ("grpc.so_reuseport", 1 if reuse_port else 0),
                                   *_connection_age_options(cfg),
                                   ("grpc.server.max_pending_requests", admission.backlog_limits[0]),
                                   ("grpc.server.max_pending_requests_hard_limit", admission.backlog_limits[1])])
     served = ServedSet.of(engines, batch_size=cfg.batch_size, concurrent_batches=cfg.concurrent_batches,
                           on_batch=metrics.batch_observer if metrics is not None else None)
-    servicer = DualVecServicer(served)
+    servicer = DualVecServicer(served, desm_limits(cfg))
     pb_grpc.add_DualVecServicer_to_server(servicer, server)
     if metrics is not None:
         for name, bundle in served.bundles.items():

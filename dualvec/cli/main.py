@@ -96,7 +96,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dualvec.server.app import ServerConfig, serve_forever
 
     cfg = ServerConfig(bundles=tuple(args.bundle), host=args.host, port=args.port, max_k=args.max_k,
-                       max_batch=args.max_batch, workers=args.workers, max_queue=args.max_queue,
+                       max_batch=args.max_batch, max_results=args.max_results, max_words=args.max_words,
+                       max_word_bytes=args.max_word_bytes, max_documents=args.max_documents,
+                       max_document_tokens=args.max_document_tokens, max_query_tokens=args.max_query_tokens,
+                       max_message_bytes=args.max_message_bytes, workers=args.workers, max_queue=args.max_queue,
                        checksums=not args.skip_checksums, grace_seconds=args.grace, batch_size=args.batch_size,
                        concurrent_batches=args.concurrent_batches, prefault=not args.no_prefault, cpus=args.cpus,
                        processes=args.processes, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,
@@ -258,10 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", nargs="+", help="bundle directory; several are served by name (the first is default)")
     p.add_argument("--host", default=default_of(SERVER, "host"), help="address to bind (%(default)s)")
     p.add_argument("--port", type=int, default=default_of(SERVER, "port"), help="0 picks a free port (%(default)s)")
-    p.add_argument("--max-k", type=int, default=default_of(SERVER, "max_k"),
-                   help="largest k a request may ask for (%(default)s)")
-    p.add_argument("--max-batch", type=int, default=default_of(SERVER, "max_batch"),
-                   help="most requests in one BatchSearch (%(default)s)")
+    limits = p.add_argument_group("limits of a request (past one: INVALID_ARGUMENT naming the field and the limit)")
+    limits.add_argument("--max-k", type=whole_number(1, UINT32_MAX), default=default_of(SERVER, "max_k"),
+                        help="largest k a request may ask for (%(default)s)")
+    limits.add_argument("--max-batch", type=whole_number(1), default=default_of(SERVER, "max_batch"),
+                        help="most requests in one BatchSearch (%(default)s)")
+    limits.add_argument("--max-results", type=whole_number(1), default=default_of(SERVER, "max_results"),
+                        metavar="N", help="most neighbours one BatchSearch may ask for in all, the sum of its k "
+                        "(%(default)s: the largest answer then fits a gRPC client's default 4 MiB; raise it only "
+                        "for clients that raise theirs)")
+    limits.add_argument("--max-words", type=whole_number(1), default=default_of(SERVER, "max_words"), metavar="N",
+                        help="most words in one query, in one GetVectors, pairs in one Similarity (%(default)s)")
+    limits.add_argument("--max-word-bytes", type=whole_number(1), default=default_of(SERVER, "max_word_bytes"),
+                        metavar="BYTES", help="longest word a request may name, in UTF-8 bytes (%(default)s)")
+    limits.add_argument("--max-documents", type=whole_number(1), default=default_of(SERVER, "max_documents"),
+                        metavar="N", help="most documents in one ScoreDocuments (%(default)s)")
+    limits.add_argument("--max-document-tokens", type=whole_number(1),
+                        default=default_of(SERVER, "max_document_tokens"), metavar="N",
+                        help="most tokens in one document of ScoreDocuments (%(default)s; text is refused "
+                             "untokenized above 64 characters a token)")
+    limits.add_argument("--max-query-tokens", type=whole_number(1), default=default_of(SERVER, "max_query_tokens"),
+                        metavar="N", help="most tokens in the query of ScoreDocuments (%(default)s)")
+    limits.add_argument("--max-message-bytes", type=whole_number(1024, 2**31 - 1),
+                        default=default_of(SERVER, "max_message_bytes"), metavar="BYTES",
+                        help="largest request message; gRPC refuses a larger one with RESOURCE_EXHAUSTED "
+                             "(%(default)s)")
     p.add_argument("--workers", type=int, default=default_of(SERVER, "workers"),
                    help="gRPC worker threads (%(default)s)")
     p.add_argument("--max-queue", type=int, default=default_of(SERVER, "max_queue"),

@@ -47,6 +47,11 @@ _STATUS_OF_CODE = {status.value[0]: status for status in grpc.StatusCode}
 # Client.search_stream's default window: queries sent and not yet handed to the caller. A few hundred keep the
 # stream busy over a local network (well above a round trip's worth of answers at ~10k answers/s) at ~100 KB.
 STREAM_WINDOW = 512
+# Answers this client receives: up to what a server sends (dualvec.server.app.MAX_SEND_MESSAGE_BYTES), not gRPC's
+# default 4 MiB. A server's default limits keep a BatchSearch answer under 4 MiB (dualvec.kernel.search
+# Limits.max_results); this client also receives the wider answers a server may give: a BatchSearch of a server
+# whose --max-results was raised, a GetVectors of 1,000 raw vectors of 1,000 dimensions (8 MB).
+RECEIVE_LIMIT = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -88,11 +93,15 @@ class Client:
         if tls is not None:
             if token:
                 tls = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(check_token(token)))
-            channel = grpc.secure_channel(address, tls, options=channel_options(service_config))
+            channel = grpc.secure_channel(address, tls, options=self._options(service_config))
         elif token:  # gRPC sends call credentials over TLS only: here the token rides on each call's metadata
             self._metadata = token_metadata(token)
-        self._channel = channel or grpc.insecure_channel(address, options=channel_options(service_config))
+        self._channel = channel or grpc.insecure_channel(address, options=self._options(service_config))
         self._stub = pb_grpc.DualVecStub(self._channel)
+
+    @staticmethod
+    def _options(service_config: str | dict | None) -> list[tuple[str, object]]:
+        return [*channel_options(service_config), ("grpc.max_receive_message_length", RECEIVE_LIMIT)]
 
     def __enter__(self) -> "Client":
         return self

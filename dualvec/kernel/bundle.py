@@ -67,6 +67,21 @@ def sha256_of(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
 
 # ----------------------------------------------------------------------------------------------------------- writer
 
+def current_umask() -> int:
+    """The process's umask: read from /proc/self/status where Linux tells it, else set and put back at once (two
+    calls, during which a file another thread creates would get 022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class BundleWriter:
     """Write a bundle atomically. Use as a context manager::
 
@@ -134,6 +149,9 @@ class BundleWriter:
         with open(self.tmp / MANIFEST, "w", encoding="utf-8") as fh:
             json.dump(full.to_dict(), fh, indent=2, ensure_ascii=False)
             fh.write("\n")
+        # mkdtemp made the directory 0700, for this user alone; a bundle is for whoever the umask lets read it (a
+        # server running as another user), as its files are
+        os.chmod(self.tmp, 0o777 & ~current_umask())
         old = None
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -21,18 +21,57 @@ from dualvec.kernel.tokenizer import Tokenizer
 
 @dataclass(frozen=True)
 class Limits:
-    """Server limits, fixed at start."""
+    """Server limits, fixed at start: each size of a search request that a client controls. Past one, the request is
+    refused with InvalidArgument naming the field, the limit and the `dualvec serve` flag that sets it. (The size
+    of a whole message is gRPC's limit: ServerConfig.max_message_bytes.)"""
 
     max_k: int = 1000
     max_batch: int = 1024
     max_words: int = 1000  # query words per request, and words per GetVectors / pairs per Similarity
+    max_word_bytes: int = 1000  # UTF-8 bytes of one word a request names (no vocabulary needs longer)
+    # Neighbours one BatchSearch may ask for in all (the sum of its k), so that every answer within the limits can
+    # be received by a gRPC client left at its default 4 MiB receive limit. A neighbour takes at most 15 + w bytes
+    # of a BatchSearchResponse (w: its word in UTF-8 bytes): the word 2 + w, the id 6 (tag, varint of up to 5), the
+    # score 5 (tag, fixed32), the Neighbor's own tag and length 2; each query's SearchResponse adds at most 4 (tag,
+    # length). 1,024 queries x k 1,000 asked 1,024,000 neighbours: 19 MB on a vocabulary averaging w = 4, which no
+    # default client could receive. With 100,000: 4 x 1,024 + 100,000 x (15 + w) <= 4,194,304 while the
+    # neighbours' words average up to 26 bytes (word2vec vocabularies average under 10), and the answer stays under
+    # the server's 64 MiB send limit up to w = 650. Raise it only for clients that raise their receive limit
+    # (dualvec.Client receives up to the server's send limit).
+    max_results: int = 100_000
 
-    def check_batch(self, n: int, field_name: str) -> None:
-        """Refuse a batch of n queries (InvalidArgument naming the field) that is empty or over max_batch."""
+    def check_batch(self, n: int, field_name: str, ks: Iterable[int] = ()) -> None:
+        """Refuse a batch of n queries (InvalidArgument naming the field) that is empty, over max_batch, or whose
+        k (``ks``; 0 stands for 10) ask for more than max_results neighbours in all. A k above max_k counts as
+        max_k here: prepare() refuses it, naming its query."""
         if n == 0:
             raise InvalidArgument(field_name, "empty batch: give at least one request")
         if n > self.max_batch:
-            raise InvalidArgument(field_name, f"{n} requests, above this server's limit of {self.max_batch}")
+            raise InvalidArgument(field_name, f"{n} requests, above this server's limit of {self.max_batch:,} "
+                                              f"(--max-batch)")
+        total = sum(min(k or DEFAULT_K, self.max_k) for k in ks)
+        if total > self.max_results:
+            raise InvalidArgument(field_name, f"{n} requests ask for {total:,} neighbours in all (the sum of "
+                                              f"their k), above this server's limit of {self.max_results:,} "
+                                              f"(--max-results), which keeps every answer within a gRPC client's "
+                                              f"default 4 MiB message size: split the batch or ask a smaller k")
+
+    def check_word(self, word: str, field_name: str) -> None:
+        """Refuse a word longer than max_word_bytes in UTF-8 (InvalidArgument naming the field, not echoing it)."""
+        if len(word) * 4 > self.max_word_bytes:  # a character takes at most 4 bytes: most words stop here
+            size = len(word.encode("utf-8", "surrogatepass"))
+            if size > self.max_word_bytes:
+                raise InvalidArgument(field_name, f"a word of {size:,} bytes, above this server's limit of "
+                                                  f"{self.max_word_bytes:,} bytes (--max-word-bytes)")
+
+    def check_words(self, words: Sequence[str], field_name: str) -> None:
+        """check_word for each of ``words``, the field named with the word's position (``positive[3]``)."""
+        for i, word in enumerate(words):
+            if len(word) * 4 > self.max_word_bytes:
+                self.check_word(word, f"{field_name}[{i}]")
+
+
+DEFAULT_K = 10  # the k of a request that gives none (0)
 
 
 @dataclass(frozen=True)
@@ -111,11 +150,11 @@ class SearchEngine:
         f = field_prefix
         self.require_space(q.query_space, f + "query_space")
         self.require_space(q.target_space, f + "target_space")
-        k = q.k or 10
+        k = q.k or DEFAULT_K
         if k < 0:
             raise InvalidArgument(f + "k", f"must be positive, got {k}")
         if k > self.limits.max_k:
-            raise InvalidArgument(f + "k", f"{k} is above this server's limit of {self.limits.max_k}")
+            raise InvalidArgument(f + "k", f"{k} is above this server's limit of {self.limits.max_k:,} (--max-k)")
         if q.restrict_vocab < 0:
             raise InvalidArgument(f + "restrict_vocab", f"must be >= 0, got {q.restrict_vocab}")
         has_vector = q.vector is not None and len(q.vector) > 0
@@ -126,8 +165,10 @@ class SearchEngine:
             raise InvalidArgument(f + "positive", "empty query: give at least one positive or negative word, "
                                   "or a vector")
         if len(q.positive) + len(q.negative) > self.limits.max_words:
-            raise InvalidArgument(f + "positive", f"{len(q.positive) + len(q.negative)} query words, above the "
-                                  f"limit of {self.limits.max_words}")
+            raise InvalidArgument(f + "positive", f"{len(q.positive) + len(q.negative)} query words, above this "
+                                  f"server's limit of {self.limits.max_words:,} (--max-words)")
+        self.limits.check_words(q.positive, f + "positive")
+        self.limits.check_words(q.negative, f + "negative")
         dim = self.bundle.dim
         exclude: frozenset[int] = frozenset()
         if has_vector:
@@ -172,7 +213,7 @@ class SearchEngine:
     def search_many(self, queries: Sequence[SearchQuery], field_name: str = "requests") -> list[list[Neighbor]]:
         """Each query answered as search() would, in order; validated first (the first bad one raises with its
         position in the field name), then searched with one FAISS call per group of alike queries."""
-        self.limits.check_batch(len(queries), field_name)
+        self.limits.check_batch(len(queries), field_name, [q.k for q in queries])
         prepared = [self.prepare(q, f"{field_name}[{i}].") for i, q in enumerate(queries)]
         return self.search_prepared(prepared)
 
@@ -233,7 +274,9 @@ class SearchEngine:
         if not words:
             raise InvalidArgument("words", "empty: give at least one word")
         if len(words) > self.limits.max_words:
-            raise InvalidArgument("words", f"{len(words)} words, above the limit of {self.limits.max_words}")
+            raise InvalidArgument("words", f"{len(words)} words, above this server's limit of "
+                                           f"{self.limits.max_words:,} (--max-words)")
+        self.limits.check_words(words, "words")
         ids = self.word_ids(words, space)
         unit = np.asarray(self.bundle.vectors[space][ids], dtype=np.float32)
         norms = self.bundle.norms[space][ids]
@@ -249,10 +292,12 @@ class SearchEngine:
         if not pairs:
             raise InvalidArgument("pairs", "empty: give at least one pair")
         if len(pairs) > self.limits.max_words:
-            raise InvalidArgument("pairs", f"{len(pairs)} pairs, above the limit of {self.limits.max_words}")
+            raise InvalidArgument("pairs", f"{len(pairs)} pairs, above this server's limit of "
+                                           f"{self.limits.max_words:,} (--max-words)")
         missing = []
         for n, ((wa, sa), (wb, sb)) in enumerate(pairs):
             for side, (w, s) in zip("ab", ((wa, sa), (wb, sb))):
+                self.limits.check_word(w, f"pairs[{n}].{side}.word")
                 self.require_space(s, f"pairs[{n}].{side}.space")
                 if w not in self.bundle.vocab.index:
                     missing.append(w)
