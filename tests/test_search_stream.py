@@ -151,7 +151,7 @@ def test_requests_that_arrive_together_are_answered_together_in_order(lee_server
             single = servicer._stream_answers(0, [req])[0]
             assert (a.error.code, a.error.message) == (single.error.code, single.error.message)
         else:
-            assert a.response == servicer._search(req)
+            assert a.response == servicer._search(servicer.served, req)
     assert answers[10].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert sum(a.WhichOneof("result") == "error" for a in answers) > 30
 
