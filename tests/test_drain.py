@@ -129,7 +129,9 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> tuple[int | None, float
 
 def test_sigterm_under_load_with_two_processes_fails_no_call_and_drains_within_its_times(serve, lee_bundle):
     delay, grace = 2.0, 4.0
-    server = serve(lee_bundle, "--processes", "2", "--drain-delay", str(delay), "--grace", str(grace)).wait_serving()
+    # the slow calls below ask 1,000 x k 300 neighbours each, above the default --max-results
+    server = serve(lee_bundle, "--processes", "2", "--drain-delay", str(delay), "--grace", str(grace),
+                   "--max-results", "300000").wait_serving()
     load = Load(server.address, threads=6)
     statuses: list[tuple[float, int | str]] = []
     watching = threading.Event()

@@ -94,7 +94,7 @@ def serve(lee_bundle):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_answers_then_drains_and_exits_0_on_signal(serve, engine, lee_model, lee_bundle, signum):
     ref = reference_of(str(lee_model))
-    server = serve()
+    server = serve("--max-results", "300000")  # the slow batch asks 1,000 x k 300 neighbours
     slow_queries = [SearchQuery((w,), query_space=q, target_space=t, k=300, exact=True)
                     for w, (q, t) in zip(ref.words[:1000], itertools.cycle(ALL_PAIRS))]
     slow_batch = [pb.SearchRequest(positive=q.positive, query_space=PB_SPACE[q.query_space],
