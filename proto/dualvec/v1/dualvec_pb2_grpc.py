@@ -122,7 +122,7 @@ class DualVecServicer:
         """Many top-k queries over one call, without batching them: each request sent is answered, in order, by one
         SearchStreamResponse carrying its position and either its neighbours or its own error (an unknown word fails
         its query, not the stream). Requests that have arrived together are searched together, as BatchSearch
-        searches its batch. The server reads at most 64 requests ahead of the answers it has sent, and sending waits
+        searches its batch. The server reads at most 64 requests beyond the batch it is answering, and sending waits
         for the client's HTTP/2 flow-control window: a client that stops reading stops the server reading. The call
         ends when the client closes its side and every answer is sent; cancelling it or its deadline passing stops
         the work before the next requests.
