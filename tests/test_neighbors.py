@@ -203,6 +203,13 @@ def test_an_unfinished_run_of_another_job_is_kept_without_force(tmp_path):
     assert {r["rank"] for r in table_rows(out)} == set(range(1, 7))
 
 
+def test_the_output_directory_is_made(tmp_path):
+    bundle = read_bundle(FIXTURES / "flat")
+    out = tmp_path / "a" / "b" / "nb.tsv"
+    assert run_table(bundle, out, pairs=("in-in",), k=2).rows == 2 * bundle.vocab_size
+    assert sorted(p.name for p in out.parent.iterdir()) == ["nb.tsv"]
+
+
 def test_tsv_and_parquet_agree(tmp_path):
     bundle = read_bundle(FIXTURES / "ivf")
     run_table(bundle, tmp_path / "nb.parquet", k=10)

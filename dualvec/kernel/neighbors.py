@@ -316,9 +316,9 @@ class NeighborTable:
     def run(self) -> RunReport:
         ends = self._start_state()
         resumed = len(ends)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
         if not ends:
             self._record([])
-        self.output.parent.mkdir(parents=True, exist_ok=True)
         threads = self.job.threads or available_threads()
         faiss.omp_set_num_threads(threads)
         for pair in self.job.pairs:  # the pair's hub rows gathered once, as the server does at start
