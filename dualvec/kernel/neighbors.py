@@ -7,10 +7,10 @@ exhaustively (``exact``). Each query's own word is left out, as Search leaves it
 approximate index answered short is answered exactly, as the engine does.
 
 Resumable, with flat memory: each finished block is appended to ``OUT.partial`` (a spool of Arrow IPC streams
-holding vocabulary ids, one stream per block) and the spool's length is then recorded in ``OUT.partial.json``
-(written atomically). A run that stops anywhere leaves a consistent prefix; the same job started again checks that
-the sidecar describes it (bundle files, tuned parameters, pairs, k, batch, the query words), cuts the spool back to
-the last recorded block and goes on from there. When every block is done the spool is rendered block by block to
+holding vocabulary ids, one stream per block); every CHECKPOINT_SECONDS, and when a run stops by an exception or
+a signal, the spool is synced and the end of each block in it recorded in ``OUT.partial.json`` (written
+atomically). The same job started again checks that the sidecar describes it (the bundle's manifest, pairs, k,
+batch, the query words), cuts the spool back to the last recorded block and goes on from there. When every block is done the spool is rendered block by block to
 the output (Parquet row groups, or TSV), written beside it under a temporary name and renamed into place, and the
 spool and sidecar are removed.
 """
