@@ -201,7 +201,7 @@ def start_server(engines: Mapping[str, SearchEngine | ServedBundle], cfg: Server
     server = grpc.server(pool,
                          interceptors=[i for i in (metrics and metrics.interceptor(engines), auth, malformed, admission)
                                        if i],
-                         maximum_concurrent_rpcs=admission.threads,
+                         maximum_concurrent_rpcs=admission.concurrent_rpcs,
                          options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                                   ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
                                   ("grpc.so_reuseport", 1 if reuse_port else 0),

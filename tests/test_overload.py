@@ -187,3 +187,243 @@ def test_admission_refuses_beyond_max_queue_and_counts_back_down():
     s = gate.stats()
     assert (s.admitted, s.refused, s.in_flight) == (2, 1, 0)
     assert gate.threads >= gate.max_queue + 32
+
+
+# ------------------------------------------------------------------------------ a burst on one channel (issue 14)
+
+def test_500_concurrent_calls_on_one_channel_are_answered_or_refused_overloaded(slow_server, caplog):
+    """One client's 500 calls at once arrive in one read: gRPC's core must hold them all (backlog_limits) so that
+    each reaches admission control and is answered or refused RESOURCE_EXHAUSTED with the server's message,
+    counted and logged; none is CANCELLED by the core."""
+    from dualvec.v1 import dualvec_pb2 as pb
+    from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+
+    running, slow = slow_server
+    caplog.set_level("WARNING", logger="dualvec.server.admission")
+    refused_before = running.admission.stats().refused
+    with grpc.insecure_channel(running.address) as channel:
+        stub = pb_grpc.DualVecStub(channel)
+        stub.Search(pb.SearchRequest(positive=["city"], k=5), timeout=10)
+        t0 = time.perf_counter()
+        futures = [stub.Search.future(pb.SearchRequest(positive=[QUERIES[i % 4][0]], k=5), timeout=30)
+                   for i in range(500)]
+        outcomes: dict[str, list[str]] = {}
+        for f in futures:
+            try:
+                f.result()
+                outcomes.setdefault("OK", []).append("")
+            except grpc.RpcError as exc:
+                outcomes.setdefault(exc.code().name, []).append(exc.details() or "")
+        elapsed = time.perf_counter() - t0
+    counts = {code: len(v) for code, v in outcomes.items()}
+    print(f"500 concurrent calls on one channel, max_queue {MAX_QUEUE}, 1 worker: {counts} in {elapsed:.2f} s")
+    assert set(counts) == {"OK", "RESOURCE_EXHAUSTED"}, counts
+    assert all("server overloaded" in d and "--max-queue" in d for d in outcomes["RESOURCE_EXHAUSTED"])
+    assert running.admission.stats().refused - refused_before == counts["RESOURCE_EXHAUSTED"]
+    assert running.admission.stats().in_flight == 0
+    reports = [r.getMessage() for r in caplog.records if "overloaded: refused" in r.getMessage()]
+    assert reports, "the refusals were not logged"
+    assert len(reports) <= 2  # rate-limited: the first at once, the rest of the burst in one line at most
+
+
+def test_overload_refusals_are_counted_in_the_metrics(lee_bundle):
+    from prometheus_client.parser import text_string_to_metric_families
+    import urllib.request
+
+    from dualvec.server.metrics import ServerMetrics
+    from dualvec.v1 import dualvec_pb2 as pb
+    from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+
+    metrics = ServerMetrics.create()
+    cfg = ServerConfig(bundles=(str(lee_bundle),), port=0, workers=1, max_queue=2, checksums=False)
+    engines = load_engines(cfg, metrics)
+    SlowEngine(next(iter(engines.values())), 0.05)
+    running = start_server(engines, cfg, metrics=metrics)
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = pb_grpc.DualVecStub(channel)
+            futures = [stub.Search.future(pb.SearchRequest(positive=["city"], k=5), timeout=30) for _ in range(100)]
+            codes = [f.exception().code() if f.exception() else grpc.StatusCode.OK for f in futures]
+        refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert refused > 0 and set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        port = metrics.serve("127.0.0.1", 0)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        running.stop(0)
+        metrics.close()
+    counted = sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                  if s.name == "dualvec_calls_refused_overloaded_total" and s.labels.get("rpc") == "Search")
+    assert counted == refused == running.admission.stats().refused
+
+
+def test_backlog_holds_a_burst_of_500_whatever_the_queue():
+    for max_queue in (1, 3, 256, 4096):
+        gate = AdmissionControl(max_queue=max_queue, workers=1, services=("dualvec.v1.DualVec",))
+        soft, hard = gate.backlog_limits
+        assert 500 < soft < hard and soft >= 2 * max_queue
+        # refusals of a burst taken at once find room under gRPC's own limit: ours answer, not its bare one
+        assert gate.concurrent_rpcs >= gate.threads + hard
+
+
+# ------------------------------------------------------------------------------------ weighing calls by their work
+
+def test_call_cost_weighs_queries_k_and_documents():
+    from dualvec.server.admission import call_cost
+    from dualvec.v1 import dualvec_pb2 as pb
+
+    small = call_cost("Search", pb.SearchRequest(positive=["a"]))
+    assert small == call_cost("Search", pb.SearchRequest(positive=["a"], k=10)) and 1 <= small < 2
+    assert call_cost("Search", pb.SearchRequest(positive=["a"], k=1000)) > 20 * small
+    batch = pb.BatchSearchRequest(requests=[pb.SearchRequest(positive=["a"], k=1000)] * 1024)
+    assert call_cost("BatchSearch", batch) == pytest.approx(1024 * call_cost("Search", batch.requests[0]))
+    docs = pb.ScoreDocumentsRequest(query="a b", documents=[pb.Document(tokens=["w"] * 1000)] * 10)
+    assert 10 <= call_cost("ScoreDocuments", docs) <= 12
+    assert call_cost("ScoreDocuments", pb.ScoreDocumentsRequest(documents=[pb.Document(text="x" * 60_000_000)])) > 1e4
+    assert call_cost("GetInfo", pb.GetInfoRequest()) == 1
+    assert call_cost("Search", b"\x00 not a message") == 1  # unreadable: the least charge
+
+
+def test_heavy_calls_hold_at_most_their_share_and_cheap_calls_pass_them():
+    from dualvec.server.admission import CostGate
+
+    gate = CostGate(workers=4, budget=100, heavy_budget=50)
+    assert gate.acquire(25, True, 0) == "ok" and gate.acquire(25, True, 0) == "ok"
+    assert gate.acquire(25, True, 0.05) == "expired"  # the heavy share is full
+    assert gate.acquire(1, False, 0) == "ok"  # a cheap call still passes
+    assert gate.acquire(1, False, 0) == "ok"
+    assert gate.acquire(1, False, 0.05) == "expired"  # four workers busy
+    # a heavy call waiting for its share does not hold the cheap ones up
+    waiting = threading.Thread(target=lambda: gate.acquire(25, True, 0.3))
+    waiting.start()
+    time.sleep(0.05)
+    gate.release(1, False)
+    assert gate.acquire(1, False, 0) == "ok"
+    waiting.join(5)
+
+    # the heavy call first in line, kept out only by the count, gets the next room before a cheap call
+    gate = CostGate(workers=2, budget=100, heavy_budget=50)
+    assert gate.acquire(25, True, 0) == "ok" and gate.acquire(1, False, 0) == "ok"
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(gate.acquire(25, True, 5)))
+    waiter.start()
+    time.sleep(0.1)
+    gate.release(1, False)
+    waiter.join(5)
+    assert got == ["ok"] and gate.load() == (2, 50)
+    assert gate.acquire(1, False, 0.05) == "expired"
+
+
+def test_a_waiting_call_whose_client_left_gives_up_its_place():
+    from dualvec.server.admission import CostGate
+
+    gate = CostGate(workers=1, budget=10, heavy_budget=5)
+    assert gate.acquire(1, False, None) == "ok"
+    wanted = [True]
+    got = []
+    th = threading.Thread(target=lambda: got.append(gate.acquire(1, False, None, lambda: wanted[0])))
+    th.start()
+    time.sleep(0.1)
+    wanted[0] = False
+    th.join(5)
+    assert got == ["gone"]
+    gate.release(1, False)
+    assert gate.load() == (0, 0) and gate.acquire(1, False, 0) == "ok"
+
+
+def test_huge_calls_are_charged_the_cap_and_refused_beyond_half_the_queue():
+    gate = AdmissionControl(max_queue=4, workers=4, services=("dualvec.v1.DualVec",))
+    from dualvec.v1 import dualvec_pb2 as pb
+
+    huge = pb.BatchSearchRequest(requests=[pb.SearchRequest(positive=["a"], k=1000)] * 1024)
+    charge, heavy = gate.charge("BatchSearch", huge)
+    assert heavy and charge == gate.call_cap == gate.budget / 4
+    release = threading.Event()
+    threads = [threading.Thread(target=gate._run, args=(lambda r, c: release.wait(5), huge, FakeContext(10.0),
+                                                        "BatchSearch")) for _ in range(2)]
+    for th in threads:
+        th.start()
+    time.sleep(0.1)
+    ctx = FakeContext(10.0)
+    with pytest.raises(grpc.RpcError):
+        gate._run(lambda r, c: None, huge, ctx, "BatchSearch")
+    assert ctx.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "large calls" in ctx.aborted[1]
+    assert gate._run(lambda r, c: "answered", pb.SearchRequest(positive=["a"]), FakeContext(10.0),
+                     "Search") == "answered"  # a cheap call is still admitted and runs
+    release.set()
+    for th in threads:
+        th.join(5)
+    assert gate.stats().in_flight == 0 and gate.stats().units_running == 0
+
+
+def _percentiles(latencies: list[float]) -> str:
+    ordered = sorted(latencies)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return f"p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, max {ordered[-1] * 1000:.0f} ms ({len(ordered)} calls)"
+
+
+def test_cheap_searches_keep_answering_while_huge_batches_run(lee_bundle):
+    """Six clients' threads each send the largest legal BatchSearch at k 1,000 over and over; an ordinary Search
+    client on another connection still gets its answers within a bound (issue 14: 27 s, or 10 s deadlines
+    missed, before calls were weighed by their work)."""
+    from dualvec.v1 import dualvec_pb2 as pb
+    from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+    from test_server_process import ServeProcess
+
+    defaults = ServerConfig(bundles=())
+    queries = min(defaults.max_batch, getattr(defaults, "max_results", 10**9) // 1000)
+    server = ServeProcess(lee_bundle, "--processes", "1", "--grace", "1", "--drain-delay", "0")
+    try:
+        address = server.wait_started()
+        options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.use_local_subchannel_pool", 1)]
+        heavy_channel = grpc.insecure_channel(address, options=options)
+        cheap_channel = grpc.insecure_channel(address, options=options)
+        heavy_stub, cheap_stub = pb_grpc.DualVecStub(heavy_channel), pb_grpc.DualVecStub(cheap_channel)
+        words = [n.word for n in cheap_stub.Search(pb.SearchRequest(positive=["city"], k=queries), timeout=20)
+                 .neighbors]
+
+        def searches(seconds: float) -> tuple[list[float], list[str]]:
+            times, codes, end = [], [], time.monotonic() + seconds
+            i = 0
+            while time.monotonic() < end:
+                t0 = time.perf_counter()
+                try:
+                    cheap_stub.Search(pb.SearchRequest(positive=[words[i % len(words)]], k=10), timeout=10)
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+                times.append(time.perf_counter() - t0)
+                i += 1
+            return times, codes
+
+        idle, idle_codes = searches(2.0)
+        batch = pb.BatchSearchRequest(requests=[pb.SearchRequest(positive=[w], k=1000) for w in words[:queries]])
+        stop = threading.Event()
+        heavy_codes: list[str] = []
+
+        def heavy():
+            while not stop.is_set():
+                try:
+                    heavy_stub.BatchSearch(batch, timeout=120)
+                    heavy_codes.append("OK")
+                except grpc.RpcError as exc:
+                    heavy_codes.append(exc.code().name)
+
+        workers = [threading.Thread(target=heavy) for _ in range(6)]
+        for th in workers:
+            th.start()
+        time.sleep(1.0)
+        loaded, loaded_codes = searches(6.0)
+        stop.set()
+        for th in workers:
+            th.join(180)
+        print(f"\nSearch k 10, idle: {_percentiles(idle)}")
+        print(f"Search k 10, during 6 x BatchSearch({queries} x k 1000): {_percentiles(loaded)}; "
+              f"BatchSearch answered {heavy_codes.count('OK')}")
+        heavy_channel.close()
+        cheap_channel.close()
+    finally:
+        server.kill()
+    assert set(idle_codes) == {"OK"} and set(loaded_codes) == {"OK"}
+    assert "OK" in heavy_codes and set(heavy_codes) == {"OK"}  # the batches ran too, none refused or dropped
+    # generous bounds (a shared 2-core machine): the median within a second, or three times the idle one
+    assert sorted(loaded)[len(loaded) // 2] < max(1.0, 3 * sorted(idle)[len(idle) // 2])
