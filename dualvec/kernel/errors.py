@@ -43,16 +43,15 @@ def _wire_bytes(ch: str) -> int:
 def bounded_message(message: str, limit: int = MAX_MESSAGE_WIRE_BYTES) -> str:
     """``message`` as it may travel as a status message: cut (with a note saying so) to at most ``limit`` bytes
     once percent-encoded, and with any unpaired surrogate escaped (gRPC could not encode it)."""
-    if len(message) * 12 <= limit:  # at most 4 UTF-8 bytes a character, 3 encoded bytes each
-        fits = True
-    else:
+    if len(message) <= limit:  # else it cannot fit: every character takes a byte at least
         try:
-            fits = len(message.encode("utf-8")) * 3 <= limit
+            size = len(message.encode("utf-8"))
         except UnicodeEncodeError:
-            fits = False
-    if fits:
-        return message
-    budget = limit - len(_CUT)
+            message = _escape_surrogates(message)
+            size = len(message.encode("utf-8"))
+        if size * 3 <= limit:
+            return message
+    budget = limit - sum(map(_wire_bytes, _CUT))
     used = 0
     for i, ch in enumerate(message):
         used += _wire_bytes(ch)
