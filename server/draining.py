@@ -20,8 +20,10 @@ port of its own for them when the main port uses TLS.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
+import time
 from concurrent import futures
 from typing import Callable
 
@@ -57,13 +59,24 @@ class DrainingHealth(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=status)
 
     def Watch(self, request, context, send_response_callback=None):
+        stream = None
+        if send_response_callback is None:  # called without gRPC's callback (through a wrapper): a generator
+            stream = _Stream()
+            send_response_callback = stream.send
         with self._lock:
             key, self._next_id = self._next_id, self._next_id + 1
             self._watches[key] = (request.service, send_response_callback)
             send_response_callback(health_pb2.HealthCheckResponse(
                 status=self._status.get(request.service, SERVICE_UNKNOWN)))
-        if not context.add_callback(lambda: self._forget(key)):  # the call has already ended
+
+        def closed() -> None:
             self._forget(key)
+            if stream is not None:
+                stream.send(None)
+
+        if not context.add_callback(closed):  # the call has already ended
+            closed()
+        return stream
 
     Watch.experimental_non_blocking = True  # gRPC passes send_response_callback and frees the thread on return
 
@@ -101,23 +114,51 @@ class DrainingHealth(health_pb2_grpc.HealthServicer):
             self._watches.pop(key, None)
 
 
+class _Stream:
+    """Watch's answers as a generator, for a caller that passes no callback: ``send(response)`` queues one,
+    ``send(None)`` ends it."""
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    def send(self, response) -> None:
+        self._queue.put(response)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        response = self._queue.get()
+        if response is None:
+            self._queue.put(None)  # ended for good
+            raise StopIteration
+        return response
+
+
 class ShutdownSignals:
-    """SIGTERM and SIGINT handlers for the main thread: the first signal sets ``first`` (start draining), any
-    later one sets ``again`` (cut the drain delay short). ``name`` is the first signal's name."""
+    """SIGTERM and SIGINT handlers for the main thread: the first signal sets ``first`` (start draining), one that
+    comes ``AGAIN_AFTER`` seconds or more later sets ``again`` (cut the drain delay short). Signals closer to the
+    first are the same request arriving twice: a worker process of `serve --processes` gets its parent's forward
+    besides its own copy when the whole process group is signalled (Ctrl-C in a terminal, systemd's stop).
+    ``name`` is the first signal's name."""
+
+    AGAIN_AFTER = 0.5
 
     def __init__(self):
         self.first = threading.Event()
         self.again = threading.Event()
         self.name = ""
+        self._first_at = 0.0
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        if self.first.is_set():
-            self.again.set()
-        else:
+        if not self.first.is_set():
             self.name = signal.Signals(signum).name
+            self._first_at = time.monotonic()
             self.first.set()
+        elif time.monotonic() - self._first_at >= self.AGAIN_AFTER:
+            self.again.set()
 
 
 def drain(running, delay: float, grace: float, cut_short: threading.Event | None = None) -> None:
