@@ -386,12 +386,17 @@ def _serve(cfg: ServerConfig, metrics: ServerMetrics | None) -> int:
             _start_metrics_after_forks(metrics, cfg.host, cfg.metrics_port, cfg.processes)
         return serve_in_processes(cfg, engines, _child_start_server(metrics), signals)
     running = start_server(engines, cfg, metrics=metrics)
+    names = ", ".join(engines)
+    del engines  # the servicer holds what is served: a reload releases the bundles loaded here
     _Hangup().run(running.reload)
     if metrics is not None:
         log.info("metrics on http://%s:%d/metrics", cfg.host, metrics.serve(cfg.host, cfg.metrics_port))
     log.info("serving %s on %s (health SERVING, reflection on; max_k %d, workers %d, max_queue %d)",
-             ", ".join(engines), running.address, cfg.max_k, cfg.workers, cfg.max_queue)
-    signals.first.wait()
+             names, running.address, cfg.max_k, cfg.workers, cfg.max_queue)
+    # a timed wait: a signal the kernel hands to another thread (a gRPC one) runs its Python handler only once this
+    # thread runs again, and SIGHUP's would otherwise wait for the next SIGTERM
+    while not signals.first.wait(0.5):
+        pass
     log.info("%s received: draining (delay %.1f s, grace %.1f s)", signals.name, cfg.drain_delay, cfg.grace_seconds)
     running.drain(cfg.drain_delay, cfg.grace_seconds, signals.again)
     log.info("stopped serving on %s", running.address)
