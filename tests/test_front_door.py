@@ -86,6 +86,7 @@ def test_corpus_warning_follows_the_measured_sightings_per_word_and_names_the_ep
     assert corpus_warning(470_991, 9_819, TrainConfig(epochs=10)) is None
 
 
+@pytest.mark.slow  # trains a skip-gram model of the Lee corpus
 def test_the_readme_train_command_on_a_small_corpus_warns_once_and_its_vectors_are_indeed_all_alike(tmp_path):
     model = tmp_path / "my.model"
     result = dualvec("train", LEE_CORPUS, "-o", model, "--dim", 300, "--epochs", 5)
@@ -97,6 +98,7 @@ def test_the_readme_train_command_on_a_small_corpus_warns_once_and_its_vectors_a
     assert in_in > 0.9 and in_out < -0.9  # what the warning warns of
 
 
+@pytest.mark.slow  # trains a skip-gram model of the Lee corpus
 def test_train_with_the_advised_epochs_is_silent_trains_skip_gram_and_gives_distinct_vectors(tmp_path):
     model = tmp_path / "my.model"
     result = dualvec("train", LEE_CORPUS, "-o", model, "--epochs", 20)
