@@ -384,7 +384,8 @@ def _serve(cfg: ServerConfig, metrics: ServerMetrics | None) -> int:
     if cfg.processes > 1:
         if metrics is not None:
             _start_metrics_after_forks(metrics, cfg.host, cfg.metrics_port, cfg.processes)
-        return serve_in_processes(cfg, engines, _child_start_server(metrics), signals)
+        return serve_in_processes(cfg, engines, _child_start_server(metrics), signals,
+                                  on_exit=metrics.process_exited if metrics is not None else None)
     running = start_server(engines, cfg, metrics=metrics)
     names = ", ".join(engines)
     del engines  # the servicer holds what is served: a reload releases the bundles loaded here
