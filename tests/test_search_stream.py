@@ -178,11 +178,17 @@ def test_cancelling_mid_stream_ends_it(client, vocab):
     stream = client.search_stream(iter(source))
     got = [next(stream) for _ in range(50)]
     assert [r.index for r in got] == list(range(50))
+    readers = [t for t in threading.enumerate() if t.name == "dualvec-stream-reader"]
+    assert readers  # the server's reader of this stream (the server runs in this process)
     stream.close()  # leaving the loop early cancels the call
     time.sleep(0.3)
     taken = source.taken
     time.sleep(0.5)
     assert source.taken == taken  # nothing more is read or sent
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in readers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.is_alive() for t in readers)  # and the server's side of the call has ended
 
 
 def test_cancelling_the_raw_call_ends_it_with_cancelled(lee_server, vocab):
@@ -214,3 +220,7 @@ def test_a_deadline_ends_the_stream(client, vocab):
             seen += 1
     assert failed.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert seen > 5 and time.monotonic() - started < 5
+    deadline = time.monotonic() + 5  # the server's side ends too: its reader of the stream stops
+    while any(t.name == "dualvec-stream-reader" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "dualvec-stream-reader" for t in threading.enumerate())
