@@ -5,7 +5,7 @@ omission, rate sweeps), with percentiles read from mergeable histograms. Modules
     histogram   Histogram (log-linear, HdrHistogram layout, mergeable) and latency_ms
     workload    the words drawn from, the --mix of operations, the pool of serialized requests, same_answer
     driver      a phase in one process (run_phase), the generator processes (Runner), PhaseResult, Target
-    sampling    RssSampler: the server's resident memory during the run
+    sampling    RssSampler: the server's memory during the run (PSS of its whole process tree)
     sweep       --sweep: the rates, saturated steps, the saturation point
     report      summarize (the JSON report) and the text reports of a run and of a sweep
     plots       PNG plots of a run and of a sweep's capacity curve

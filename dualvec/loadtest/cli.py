@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "request (fetched before the load); a difference counts as a wrong answer")
     p.add_argument("--slo-ms", type=float, help="sweep: a step whose p99 is above this is saturated (default: one "
                    "whose p50 is above 5x the sweep's lowest p50, at least 5 ms)")
-    p.add_argument("--server-pid", type=int, help="sample this process's resident memory (the server's) during "
-                   "the run and report its growth")
+    p.add_argument("--server-pid", type=int, help="sample the memory of this process and its children (the "
+                   "server's, its worker processes too): PSS summed over the tree, so shared pages count once; "
+                   "report its growth")
     p.add_argument("--interval", type=float, help="time-series resolution in seconds (automatic)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--plot", metavar="PNG", help="write latency over time and its distribution (with --sweep: the "
@@ -247,7 +248,8 @@ def _report_sweep(sweep: dict, args, context: dict, rss: dict | None) -> int:
     else:
         print(format_sweep(sweep, f"dualvec loadtest {args.address} ({context['model']}): {title}"))
         if rss:
-            print(f"  server RSS: start {rss['start_mib']} MiB, end {rss['end_mib']} MiB, max {rss['max_mib']} MiB")
+            print(f"  server memory, {rss['label']}: start {rss['start_mib']} MiB, end {rss['end_mib']} MiB, "
+                  f"max {rss['max_mib']} MiB")
         print(f"  reproduce: {context['command']}")
     if args.plot:
         plot_sweep(sweep, args.plot, f"{context['model']}: {title}")

@@ -65,9 +65,10 @@ def plot_run(res: PhaseResult, summary: dict, path: str, title: str) -> None:
     ax.grid(True, alpha=0.3)
     if rss:
         ax = axes[2]
-        ax.plot(rss["t_s"], rss["rss_mib"])
+        ax.plot(rss["t_s"], rss.get("mib", rss.get("rss_mib")))
         ax.set_xlabel("time (s)")
-        ax.set_ylabel("server RSS (MiB)")
+        ax.set_ylabel(f"server {rss.get('measure', 'RSS')} (MiB)")
+        ax.set_title(rss.get("label", "server RSS"), fontsize=8)
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

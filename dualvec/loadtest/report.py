@@ -120,7 +120,8 @@ def format_report(s: dict, header: str) -> str:
         lines.append("  " + "; ".join(extra))
     if s.get("server_rss"):
         r = s["server_rss"]
-        lines.append(f"  server RSS: start {r['start_mib']} MiB, end {r['end_mib']} MiB, max {r['max_mib']} MiB, "
+        lines.append(f"  server memory, {r.get('label', 'RSS')}: start {r['start_mib']} MiB, end {r['end_mib']} MiB, "
+                     f"max {r['max_mib']} MiB, "
                      f"growth {r['growth_mib']:+} MiB ({r['samples']} samples)")
     for w in s["warnings"]:
         lines.append(f"  warning: {w}")
