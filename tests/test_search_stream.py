@@ -12,7 +12,6 @@ import pytest
 
 from dualvec.client import Client, ClientError
 from dualvec.client.client import StreamResult
-from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 from dualvec.wire import search_request
 
