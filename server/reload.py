@@ -135,8 +135,8 @@ def load_bundle(name: str, path: str, *, limits: Limits | None = None, checksums
     if prefault:
         prepare_for_serving(bundle)
     engine = SearchEngine(bundle, limits or Limits())
-    return ServedBundle(name, str(path), engine, content_id, bundle.manifest.created, rfc3339_now(), before,
-                        time.perf_counter() - started)
+    return ServedBundle(name, os.path.abspath(path), engine, content_id, bundle.manifest.created, rfc3339_now(),
+                        before, time.perf_counter() - started)
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,11 +150,13 @@ class ServedSet:
     concurrent_batches: int = 2
     on_batch: Callable[[str], Callable[[int], None]] | None = None  # a bundle name -> its batch-size observer
     engines: Mapping[str, SearchEngine] = field(init=False, repr=False)
+    default: str = field(init=False)  # the first bundle's name
 
     def __post_init__(self) -> None:
         if not self.bundles:
             raise ValueError("no bundle to serve")
         object.__setattr__(self, "engines", MappingProxyType({n: b.engine for n, b in self.bundles.items()}))
+        object.__setattr__(self, "default", next(iter(self.bundles)))
 
     @classmethod
     def of(cls, bundles: Mapping[str, ServedBundle | SearchEngine], *, batch_size: int = 64,
@@ -175,10 +177,6 @@ class ServedSet:
                 batchers[name] = _batcher(new[name], self.batch_size, self.concurrent_batches, self.on_batch)
         return ServedSet(MappingProxyType(bundles), MappingProxyType(batchers), self.batch_size,
                          self.concurrent_batches, self.on_batch)
-
-    @property
-    def default(self) -> str:
-        return next(iter(self.bundles))
 
     def bundle(self, name: str) -> ServedBundle:
         """The bundle served under ``name`` ("" for the default); raises UnknownModel for a name not served."""
