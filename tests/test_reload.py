@@ -431,3 +431,19 @@ def test_watch_reloads_every_process_without_a_signal(serve, served, bundles):
     server.wait_for(r"bundle 'served' reloaded from", count=2)
     assert served_ids(address) == {ids[b]}
     assert server.stop() == 0
+
+
+def test_a_worker_started_in_place_of_a_dead_one_serves_the_reloaded_bundle(serve, served, bundles):
+    """The --processes parent forks a replacement from the bundle it loaded at start; the new worker reloads the
+    served path before it serves, so no connection gets the old bundle back."""
+    a, b, ids, answers = bundles
+    server = serve("--processes", "2", bundle=served)
+    address = server.address()
+    point(served, b)
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for(r"bundle 'served' reloaded from", count=2)
+    os.kill(server_pids(server)[0], signal.SIGKILL)
+    server.wait_for(r"worker process \d \(pid \d+\) serving again")
+    assert len(re.findall(r"bundle 'served' reloaded from", server.log())) == 3  # the new worker's, before serving
+    assert served_ids(address, connections=12) == {ids[b]}
+    assert server.stop() == 0
