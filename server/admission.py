@@ -11,32 +11,31 @@ that does better, in three steps for each call of a guarded service:
    overloaded, counted (``stats().refused``; dualvec.server.metrics counts every RESOURCE_EXHAUSTED) and logged at
    most once every ``log_every`` seconds with the count, so latency cannot grow without bound: a client sees
    either an answer within the queue's worth of work or a fast refusal it can back off from.
-2. The gate, which weighs each call by its work (``call_cost``): a query costs ``1 + k / 32`` units (a Search of
-   k 10 about 1.3, a BatchSearch of 1,024 queries at k 1,000 about 33,000), ScoreDocuments one unit per 1,000
-   tokens, GetVectors and Similarity one per 100 words or pairs. At most ``workers`` admitted calls are worked on
-   at once, and their charges add up to at most ``budget`` units (``workers`` x 64 by default); a call is charged
-   its cost but never more than ``call_cap`` (a quarter of the budget), so a huge call waits for room like any
-   other instead of forever, and never takes the whole server. A call costing more than a worker's share
-   (``budget / workers``) is *heavy*: heavy calls together hold at most ``heavy_budget`` (half the budget, so
-   two capped calls at once), and the head of their line gets the next room before new cheap calls, so it is
-   not starved either. Cheap calls keep at least half the budget and the workers, whatever the heavy ones do.
-   The others wait here, in line (first come, first served within each class), not in the thread pool's queue.
-   A call whose deadline passes while it waits, or whose client has gone, is not searched (DEADLINE_EXCEEDED /
-   CANCELLED).
+2. The gate, which weighs each call by its work (``call_cost``): a query costs ``1 + k / 32`` units (a Search of k
+   10 about 1.3, a BatchSearch the sum of its queries, added up to 10,000 at most), ScoreDocuments one unit per
+   1,000 tokens, GetVectors and Similarity one per 100 words or pairs. At most ``workers`` admitted calls are worked
+   on at once, and their charges add up to at most ``budget`` units (``workers`` x 64 by default); a call is charged
+   its cost but never more than ``call_cap`` (a quarter of the budget), so a huge call waits for room like any other
+   instead of forever, and never takes the whole server. A call costing more than a worker's share (``budget /
+   workers``) is *heavy*: heavy calls together hold at most ``heavy_budget`` (half the budget, so two capped calls
+   at once), and the head of their line gets the next room before new cheap calls, so it is not starved either.
+   Cheap calls keep at least half the budget and the workers, whatever the heavy ones do. The others wait here, in
+   line (first come, first served within each class), not in the thread pool's queue. A call whose deadline passes
+   while it waits, or whose client has gone, is not searched (DEADLINE_EXCEEDED / CANCELLED).
 3. The call itself, once the deadline is checked one last time: the one place a server-side deadline is checked.
 
-A fourth bound sits below the Python layer. gRPC Python accepts calls on a single poll thread, which needs the
-GIL and handles every event of every call (its arrival, its request, its status sent): calls that arrive faster
-than it can take them wait inside gRPC's C core, where no interceptor sees them, bounded by the core's
-pending-request limits per method (``grpc.server.max_pending_requests``, random early drop from there, and
-``..._hard_limit``). Past them the core cancels a call at once and the client sees CANCELLED with no message: the
-one status gRPC gives there. One client's burst of concurrent calls on one channel arrives in a single read, all
-at once, so that backlog must hold the whole burst for the calls to reach this interceptor and be answered or
-refused RESOURCE_EXHAUSTED by it: ``backlog_limits`` is at least 512 soft and twice that hard, more with a large
-``max_queue`` (a burst of 500 concurrent calls from one client, once cut to 75-371 CANCELLED by limits of 64 and
-128, is now answered or refused here). The price is the wait in that backlog when arrivals outrun the poll thread
-itself for long (tiny calls far past capacity): there, and only there, the core's CANCELLED remains, since a
-refusal costs the poll thread as much as an answer.
+A fourth bound sits below the Python layer. gRPC Python accepts calls on a single poll thread, which needs the GIL
+and handles every event of every call (its arrival, its request, its status sent): calls that arrive faster than it
+can take them wait inside gRPC's C core, where no interceptor sees them, bounded by the core's pending-request
+limits per method (``grpc.server.max_pending_requests``, random early drop from there, and ``..._hard_limit``). Past
+them the core cancels a call at once and the client sees CANCELLED with no message: the one status gRPC gives there.
+One client's burst of concurrent calls on one channel arrives in a single read, all at once, so that backlog must
+hold the whole burst for the calls to reach this interceptor and be answered or refused RESOURCE_EXHAUSTED by it:
+``backlog_limits`` is at least 512 soft and twice that hard, more with a large ``max_queue`` (limits of 64 and 128
+cut a burst of 500 concurrent calls on one channel to 50-344 CANCELLED; these let every one of them reach this
+interceptor). The price is the wait in that backlog when arrivals outrun the poll thread itself for long (tiny calls
+far past capacity): there, and only there, the core's CANCELLED remains, since a refusal costs the poll thread as
+much as an answer.
 
 The thread pool has a thread for every call admitted plus spare threads for refusals, health and reflection
 (``threads``), so that searches never queue in it. gRPC's ``maximum_concurrent_rpcs`` (``concurrent_rpcs``) sits
@@ -79,12 +78,28 @@ def _documents_cost(request) -> float:
     tokens = len(request.query_tokens) + len(request.query) / BYTES_PER_TOKEN
     for d in request.documents:
         tokens += len(d.tokens) + len(d.text) / BYTES_PER_TOKEN
+        if tokens > COST_CEILING * TOKENS_PER_UNIT:
+            break
     return 1.0 + tokens / TOKENS_PER_UNIT
+
+
+# a cost above this is not added up further: it is charged the cap anyway (and a request that large is refused
+# by the servicer's limits), so a hostile request of a million tiny queries costs the sum no more than this
+COST_CEILING = 10_000.0
+
+
+def _batch_cost(request) -> float:
+    total = 0.0
+    for query in request.requests:
+        total += _query_cost(query)
+        if total > COST_CEILING:
+            break
+    return total or 1.0
 
 
 COSTS: dict[str, Callable[[object], float]] = {
     "Search": _query_cost,
-    "BatchSearch": lambda r: sum(_query_cost(q) for q in r.requests) or 1.0,
+    "BatchSearch": _batch_cost,
     "ScoreDocuments": _documents_cost,
     "GetVectors": lambda r: 1.0 + len(r.words) / ITEMS_PER_UNIT,
     "Similarity": lambda r: 1.0 + len(r.pairs) / ITEMS_PER_UNIT,

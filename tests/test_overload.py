@@ -275,7 +275,13 @@ def test_call_cost_weighs_queries_k_and_documents():
     assert small == call_cost("Search", pb.SearchRequest(positive=["a"], k=10)) and 1 <= small < 2
     assert call_cost("Search", pb.SearchRequest(positive=["a"], k=1000)) > 20 * small
     batch = pb.BatchSearchRequest(requests=[pb.SearchRequest(positive=["a"], k=1000)] * 1024)
-    assert call_cost("BatchSearch", batch) == pytest.approx(1024 * call_cost("Search", batch.requests[0]))
+    assert call_cost("BatchSearch", batch) > 10_000
+    batch = pb.BatchSearchRequest(requests=[pb.SearchRequest(positive=["a"], k=100)] * 256)
+    assert call_cost("BatchSearch", batch) == pytest.approx(256 * call_cost("Search", batch.requests[0]))
+    many = pb.BatchSearchRequest(requests=[pb.SearchRequest(positive=["a"])] * 200_000)
+    t0 = time.perf_counter()
+    assert call_cost("BatchSearch", many) > 10_000  # not added up past the ceiling: far less than 200k queries
+    assert time.perf_counter() - t0 < 0.5
     docs = pb.ScoreDocumentsRequest(query="a b", documents=[pb.Document(tokens=["w"] * 1000)] * 10)
     assert 10 <= call_cost("ScoreDocuments", docs) <= 12
     assert call_cost("ScoreDocuments", pb.ScoreDocumentsRequest(documents=[pb.Document(text="x" * 60_000_000)])) > 1e4

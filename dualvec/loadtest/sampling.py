@@ -51,7 +51,8 @@ class TreeMemory:
 
     @property
     def label(self) -> str:
-        return f"{self.measure} of the server's process tree ({self.processes} process{'es' if self.processes != 1 else ''})"
+        plural = "es" if self.processes != 1 else ""
+        return f"{self.measure} of the server's process tree ({self.processes} process{plural})"
 
 
 def tree_memory(pid: int) -> TreeMemory:
