@@ -347,8 +347,12 @@ class AdmissionControl(grpc.ServerInterceptor):
         try:
             remaining = context.time_remaining()
             timeout = None if remaining is None or remaining > _NO_DEADLINE else max(0.0, remaining)
-            outcome = "expired" if timeout is not None and timeout <= 0 else \
-                self._gate.acquire(charge, heavy, timeout, context.is_active)
+            if timeout is not None and timeout <= 0:
+                with self._lock:
+                    self._expired += 1
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "the call's deadline had passed when it reached the server; it was not searched")
+            outcome = self._gate.acquire(charge, heavy, timeout, context.is_active)
             if outcome == "expired":
                 with self._lock:
                     self._expired += 1
