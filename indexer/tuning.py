@@ -88,7 +88,7 @@ def step_up(target: SpaceIndex, params: SearchParams) -> SearchParams | None:
     if not target.exact_scores and params.rerank < RERANK_GRID[-1]:
         deeper = next(r for r in RERANK_GRID if r > params.rerank)  # compressed codes: re-rank deeper too
     if ivf is not None and params.nprobe < ivf.nlist:
-        return replace(params, nprobe=min(ivf.nlist, params.nprobe * 2), rerank=deeper)
+        return replace(params, nprobe=min(ivf.nlist, max(1, params.nprobe * 2)), rerank=deeper)
     if params.ef_search and params.ef_search < EF_GRID[-1]:
         return replace(params, ef_search=next(ef for ef in EF_GRID if ef > params.ef_search), rerank=deeper)
     if not target.exact_scores and params.rerank < RERANK_GRID[-1]:

@@ -264,3 +264,9 @@ def test_find_hubs_deeper_than_the_space_counts_every_other_row():
     got = find_hubs(rows, QuerySample(ids, rows[ids]), depth=50, max_hubs=100)
     # every query lists all 29 other rows: rows 3..28 in all 5 lists, 0/1/29 in 4, 2 in 3 (two queries are row 2)
     assert got.tolist() == list(range(3, 29)) + [0, 1, 29] + [2]
+
+
+def test_step_up_from_an_unset_nprobe_goes_to_one_probe(spaces):
+    """nprobe 0 means "not set": the next setting is 1 probe, never the same setting again."""
+    nxt = step_up(spaces["ivf"], SearchParams())
+    assert nxt == SearchParams(nprobe=1)
