@@ -237,4 +237,6 @@ def model_info(name: str, engine: SearchEngine, served: list[str], desm_limits: 
                         max_document_tokens=desm_limits.max_document_tokens,
                         models=served, has_document_frequencies=engine.bundle.docfreq is not None,
                         content_id=bundle.content_id if bundle else m.content_id, created=m.created,
-                        loaded_at=bundle.loaded_at if bundle else "")
+                        loaded_at=bundle.loaded_at if bundle else "", max_results=limits.max_results,
+                        max_words=limits.max_words, max_word_bytes=limits.max_word_bytes,
+                        max_query_tokens=desm_limits.max_query_tokens)

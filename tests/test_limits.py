@@ -403,3 +403,9 @@ def test_a_bundle_directory_and_its_files_follow_the_umask(tmp_path, umask):
 
 def test_a_built_bundle_is_readable_by_others_under_the_usual_umask(lee_bundle):
     assert lee_bundle.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+def test_get_info_reports_every_limit_the_server_was_started_with(tight):
+    info = tight.GetInfo(pb.GetInfoRequest(), timeout=10)
+    assert (info.max_k, info.max_batch, info.max_results, info.max_words, info.max_word_bytes) == (20, 4, 50, 3, 12)
+    assert (info.max_documents, info.max_document_tokens, info.max_query_tokens) == (2, 5, 2)

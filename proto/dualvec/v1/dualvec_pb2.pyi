@@ -235,7 +235,7 @@ class PairInfo(_message.Message):
     def __init__(self, query_space: _Optional[_Union[Space, str]] = ..., target_space: _Optional[_Union[Space, str]] = ..., search_params: _Optional[str] = ..., recall_uniform: _Optional[float] = ..., recall_frequency: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "vocab_size", "dim", "spaces", "indexes", "pairs", "format_version", "dualvec_version", "source", "source_sha256", "tokenizer", "max_k", "max_batch", "max_documents", "max_document_tokens", "models", "has_document_frequencies", "content_id", "created", "loaded_at")
+    __slots__ = ("model", "vocab_size", "dim", "spaces", "indexes", "pairs", "format_version", "dualvec_version", "source", "source_sha256", "tokenizer", "max_k", "max_batch", "max_documents", "max_document_tokens", "models", "has_document_frequencies", "content_id", "created", "loaded_at", "max_results", "max_words", "max_word_bytes", "max_query_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,10 @@ class ModelInfo(_message.Message):
     CONTENT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     vocab_size: int
     dim: int
@@ -276,4 +280,8 @@ class ModelInfo(_message.Message):
     content_id: str
     created: str
     loaded_at: str
-    def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., dim: _Optional[int] = ..., spaces: _Optional[_Iterable[_Union[Space, str]]] = ..., indexes: _Optional[_Iterable[_Union[SpaceIndexInfo, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[PairInfo, _Mapping]]] = ..., format_version: _Optional[int] = ..., dualvec_version: _Optional[str] = ..., source: _Optional[str] = ..., source_sha256: _Optional[str] = ..., tokenizer: _Optional[str] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_documents: _Optional[int] = ..., max_document_tokens: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., has_document_frequencies: _Optional[bool] = ..., content_id: _Optional[str] = ..., created: _Optional[str] = ..., loaded_at: _Optional[str] = ...) -> None: ...
+    max_results: int
+    max_words: int
+    max_word_bytes: int
+    max_query_tokens: int
+    def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., dim: _Optional[int] = ..., spaces: _Optional[_Iterable[_Union[Space, str]]] = ..., indexes: _Optional[_Iterable[_Union[SpaceIndexInfo, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[PairInfo, _Mapping]]] = ..., format_version: _Optional[int] = ..., dualvec_version: _Optional[str] = ..., source: _Optional[str] = ..., source_sha256: _Optional[str] = ..., tokenizer: _Optional[str] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_documents: _Optional[int] = ..., max_document_tokens: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., has_document_frequencies: _Optional[bool] = ..., content_id: _Optional[str] = ..., created: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_results: _Optional[int] = ..., max_words: _Optional[int] = ..., max_word_bytes: _Optional[int] = ..., max_query_tokens: _Optional[int] = ...) -> None: ...
