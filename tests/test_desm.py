@@ -123,9 +123,9 @@ def test_no_documents_gives_empty_list(bundle):
 
 
 @pytest.mark.parametrize("limits,field,limit_name", [
-    (DesmLimits(max_documents=5), "documents", "max_documents"),
-    (DesmLimits(max_query_tokens=3), "query_tokens", "max_query_tokens"),
-    (DesmLimits(max_document_tokens=40), "documents[0].tokens", "max_document_tokens"),
+    (DesmLimits(max_documents=5), "documents", "--max-documents"),
+    (DesmLimits(max_query_tokens=3), "query_tokens", "--max-query-tokens"),
+    (DesmLimits(max_document_tokens=40), "documents[0].tokens", "--max-document-tokens"),
 ])
 def test_limits_raise_invalid_argument_naming_field(bundle, lee_documents, limits, field, limit_name):
     with pytest.raises(InvalidArgument) as info:

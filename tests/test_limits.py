@@ -121,9 +121,9 @@ HOSTILE = [
         a=pb.SpacedWord(word="the"), b=pb.SpacedWord(word="y" * 2000))]), INVALID,
      ["pairs[0].b.word", "2,000 bytes"]),
     ("10k documents", "ScoreDocuments", lambda v: pb.ScoreDocumentsRequest(query="police", documents=docs(10_000)),
-     INVALID, ["documents", "10000 documents", "1000"]),
+     INVALID, ["documents", "10,000 documents", "1,000", "--max-documents"]),
     ("1,001 query tokens", "ScoreDocuments", lambda v: pb.ScoreDocumentsRequest(
-        query_tokens=["the"] * 1001, documents=docs(1)), INVALID, ["query_tokens", "1001", "1000"]),
+        query_tokens=["the"] * 1001, documents=docs(1)), INVALID, ["query_tokens", "1001", "1,000", "--max-query-tokens"]),
     ("a 17 MiB document", "ScoreDocuments", lambda v: pb.ScoreDocumentsRequest(
         query="police", documents=docs(1, "ab " * (6 << 20))), EXHAUSTED, ["larger than max", "16777216"]),
     ("an unknown 1,000-byte word", "GetVectors", lambda v: pb.GetVectorsRequest(words=["é" * 500]), NOT_FOUND,

@@ -65,9 +65,7 @@ def tokenized_inputs(tokenizer, query: str, query_tokens: Sequence[str],
     """A ScoreDocuments call's query and documents as tokens: given tokens are kept, text is tokenized with the
     bundle's tokenizer. documents: (id, tokens, text) each. Every count and length is checked against ``limits``
     before any text is tokenized; raises InvalidArgument naming the field and the limit."""
-    if len(documents) > limits.max_documents:
-        raise InvalidArgument("documents", f"{len(documents)} documents in one call; the limit is "
-                                           f"{limits.max_documents} (max_documents)")
+    _check_document_count(len(documents), limits)
     _check_text(query, "query", limits.max_query_tokens * limits.chars_per_token)
     for i, (doc_id, tokens, text) in enumerate(documents):
         if not tokens:
@@ -183,15 +181,19 @@ def _check_weight(value) -> float:
     return float(value)
 
 
+def _check_document_count(n: int, limits: DesmLimits) -> None:
+    if n > limits.max_documents:
+        raise InvalidArgument("documents", f"{n:,} documents in one call; the limit is {limits.max_documents:,} "
+                                           f"(--max-documents)")
+
+
 def _check_limits(query_tokens: Sequence[str], documents: Sequence[DocumentInput], limits: DesmLimits) -> None:
-    if len(documents) > limits.max_documents:
-        raise InvalidArgument("documents", f"{len(documents)} documents in one call; the limit is "
-                                           f"{limits.max_documents} (max_documents)")
+    _check_document_count(len(documents), limits)
     if len(query_tokens) > limits.max_query_tokens:
         raise InvalidArgument("query_tokens", f"the query has {len(query_tokens)} tokens; the limit is "
-                                              f"{limits.max_query_tokens} (max_query_tokens)")
+                                              f"{limits.max_query_tokens:,} (--max-query-tokens)")
     for i, doc in enumerate(documents):
         if len(doc.tokens) > limits.max_document_tokens:
             raise InvalidArgument(f"documents[{i}].tokens",
                                   f"document {doc.id!r} has {len(doc.tokens)} tokens; the limit is "
-                                  f"{limits.max_document_tokens} (max_document_tokens)")
+                                  f"{limits.max_document_tokens:,} (--max-document-tokens)")
