@@ -116,17 +116,23 @@ class _Auth:
 
 
 class _Tally:
-    """Every call's status, counted in the interval in which it ended: (rpc, code name) -> calls."""
+    """Every call's status, counted in the interval in which it ended: (rpc, code name) -> calls; and after the
+    warm-up, the latency of the successful unary calls by rpc from the moment each was actually sent (the driver's
+    own latency runs from the intended send time, so it includes the generator's lateness)."""
 
-    def __init__(self, t0: float, interval: float):
-        self.t0, self.interval = t0, interval
+    def __init__(self, t0: float, interval: float, measure_from: float):
+        self.t0, self.interval, self.measure_from = t0, interval, measure_from
         self.lock = threading.Lock()
         self.slots: dict[int, Counter] = {}
+        self.from_send: dict[str, Histogram] = {}
 
-    def record(self, rpc: str, code: str) -> None:
-        slot = max(0, int((time.perf_counter() - self.t0) / self.interval))
+    def record(self, rpc: str, code: str, sent: float | None = None) -> None:
+        now = time.perf_counter()
+        slot = max(0, int((now - self.t0) / self.interval))
         with self.lock:
             self.slots.setdefault(slot, Counter())[(rpc, code)] += 1
+            if sent is not None and code == "OK" and sent >= self.measure_from:
+                self.from_send.setdefault(rpc, Histogram()).record((now - sent) * 1e6)
 
     def totals(self) -> Counter:
         out: Counter = Counter()
@@ -143,13 +149,14 @@ class _Sender:
         self.inner, self.rpc, self.auth, self.tally = inner, rpc, auth, tally
 
     def future(self, payload: bytes, timeout: float | None = None):
+        sent = time.perf_counter()
         fut = self.inner.future(payload, timeout=timeout, metadata=self.auth.metadata())
-        fut.add_done_callback(self._done)
+        fut.add_done_callback(lambda f: self._done(f, sent))
         return fut
 
-    def _done(self, fut) -> None:
+    def _done(self, fut, sent: float) -> None:
         code = fut.code()
-        self.tally.record(self.rpc, code.name if code is not None else "UNKNOWN")
+        self.tally.record(self.rpc, code.name if code is not None else "UNKNOWN", sent)
 
 
 def _channel(address: str, tls_ca: str | None, options=None) -> grpc.Channel:
@@ -389,7 +396,8 @@ class _Observer(threading.Thread):
 
         cpu, pids = _tree_cpu_s(self.cfg.server_pid)
         snap = {"t": time.perf_counter() - self.t0, "cpu_s": cpu, "wait_ns": _schedstat_wait_ns(pids),
-                "pressure_us": _cpu_pressure_us(), "content_id": None, "metrics": None}
+                "pressure_us": _cpu_pressure_us(), "gen_cpu_s": time.process_time(),
+                "gen_wait_ns": _schedstat_wait_ns([os.getpid()]), "content_id": None, "metrics": None}
         try:
             info = self.channel.unary_unary(INFO, request_serializer=pb.GetInfoRequest.SerializeToString,
                                             response_deserializer=pb.ModelInfo.FromString)(
@@ -679,7 +687,7 @@ class Soak:
         target.wait_ready(10.0, c.address)
         start_wall = time.time() + 0.5
         t0 = time.perf_counter() + (start_wall - time.time())
-        tally = _Tally(t0, c.interval)
+        tally = _Tally(t0, c.interval, t0 + c.warmup)
         target.callables = [
             {m: _Sender(ch.unary_unary(m, request_serializer=None, response_deserializer=None), m.rsplit("/", 1)[1],
                         self.auth, tally) for m in {e[1] for e in pool.entries}} for ch in target.channels]
@@ -785,7 +793,7 @@ class Soak:
             if mem else {}
         if mem:
             memory.update({k: mem[k] for k in ("measure", "processes", "label", "max_mib")})
-        tail = self._tail(res, search, snaps, calls)
+        tail = self._tail(res, search, tally.from_send.get("Search"), snaps)
         summary = {
             "calls": {"total": calls, "ok": calls - sum(failed.values()), "failed": sum(failed.values()),
                       "failed_by": failed, "by_rpc": by_rpc, "unfinished": res.unfinished,
@@ -823,13 +831,24 @@ class Soak:
                 label = e["to"]
         return label
 
-    def _tail(self, res: PhaseResult, search: Histogram, snaps: list[dict], calls: int) -> dict:
-        """Where the latency of Search goes, over the measured window: the client-seen distribution against the
-        server's own time per call (its metrics), and the CPU the server used and waited for."""
+    def _tail(self, res: PhaseResult, search: Histogram, from_send: Histogram | None, snaps: list[dict]) -> dict:
+        """Where the latency of Search goes, over the measured window: the client-seen distribution (from each
+        call's intended send time, and from its actual send) against the server's own time per call (its
+        metrics) and the generator's lateness, and the CPU the server and the generator used and waited for."""
         c = self.cfg
         measured = [s for s in snaps if c.warmup - 1e-6 <= s["t"]]
-        out: dict = {"client_search_ms": {k: latency_ms(search)[k] for k in ("p50", "p99", "p99.9", "max")},
-                     "client_share_above": {f"{b} ms": _r(hist_share_above(search, b * 1000), 5) for b in BOUNDS_MS}}
+        keys = ("p50", "p99", "p99.9", "max")
+
+        def shares(h: Histogram) -> dict:
+            return {f"{b} ms": _r(hist_share_above(h, b * 1000), 5) for b in BOUNDS_MS}
+
+        out: dict = {"client_search_ms": {k: latency_ms(search)[k] for k in keys},
+                     "client_share_above": shares(search)}
+        if from_send is not None:
+            out["client_search_from_send_ms"] = {k: latency_ms(from_send)[k] for k in keys}
+            out["client_from_send_share_above"] = shares(from_send)
+        if res.lag.total:
+            out["send_lag_share_above"] = shares(res.lag)
         if len(measured) >= 2:
             a, b = measured[0], measured[-1]
             dt = b["t"] - a["t"]
@@ -840,6 +859,8 @@ class Soak:
             out["server_cpu_wait_ms_per_call"] = round((b["wait_ns"] - a["wait_ns"]) / 1e6 / answered, 3)
             if a["pressure_us"] is not None and b["pressure_us"] is not None:
                 out["host_cpu_pressure"] = round((b["pressure_us"] - a["pressure_us"]) / 1e6 / dt, 3)
+            out["generator_cpu_cores"] = round((b["gen_cpu_s"] - a["gen_cpu_s"]) / dt, 3)
+            out["generator_cpu_wait_cores"] = round((b["gen_wait_ns"] - a["gen_wait_ns"]) / 1e9 / dt, 3)
             if a["metrics"] and b["metrics"]:
                 cum = bucket_delta(b["metrics"], a["metrics"], ("Search",))
                 out["server_search_ms"] = {f"p{q * 100:g}": _r(None if v is None else v * 1000, 3) for q, v in
@@ -969,17 +990,23 @@ def format_summary(result: dict) -> str:
     t = s["tail"]
     if "server_search_ms" in t:
         cs, ss = t["client_search_ms"], t["server_search_ms"]
-        lines.append(f"Search, client-seen: p50 {cs['p50']} ms, p99 {cs['p99']} ms, p99.9 {cs['p99.9']} ms; in the "
-                     f"server's handler (dualvec_call_seconds): p50 {ss['p50']} ms, p99 {ss['p99']} ms, p99.9 "
-                     f"{ss['p99.9']} ms")
-        lines.append("  share above " + ", ".join(
-            f"{k}: client {_pct(t['client_share_above'][k])}, server {_pct(t['server_share_above'][k])}"
-            for k in t["client_share_above"]))
+        fs = t.get("client_search_from_send_ms") or {}
+        lines.append(f"Search, client-seen from the intended send: p50 {cs['p50']} ms, p99 {cs['p99']} ms, p99.9 "
+                     f"{cs['p99.9']} ms; from the actual send: p50 {fs.get('p50')} ms, p99 {fs.get('p99')} ms, "
+                     f"p99.9 {fs.get('p99.9')} ms; in the server's handler (dualvec_call_seconds): p50 {ss['p50']} "
+                     f"ms, p99 {ss['p99']} ms, p99.9 {ss['p99.9']} ms")
+        for k in t["client_share_above"]:
+            lines.append(f"  share above {k}: client {_pct(t['client_share_above'][k])} (from the actual send "
+                         f"{_pct((t.get('client_from_send_share_above') or {}).get(k))}), the generator late "
+                         f"{_pct((t.get('send_lag_share_above') or {}).get(k))}, in the server's handler "
+                         f"{_pct(t['server_share_above'][k])}")
     if "server_cpu_cores" in t:
         lines.append(f"server: {t['server_cpu_cores']} cores busy ({t['server_cpu_ms_per_call']} ms CPU a call), its "
                      f"threads waited for a CPU {t['server_cpu_wait_cores']} cores' worth "
                      f"({t['server_cpu_wait_ms_per_call']} ms a call)"
-                     + (f"; host CPU pressure {t['host_cpu_pressure']:.0%}" if "host_cpu_pressure" in t else ""))
+                     + (f"; host CPU pressure {t['host_cpu_pressure']:.0%}" if "host_cpu_pressure" in t else "")
+                     + f"; the generator used {t['generator_cpu_cores']} cores and waited for a CPU "
+                     f"{t['generator_cpu_wait_cores']} cores' worth")
     lines.append(f"verdict: zero failed calls: {'yes' if v['zero_failed_calls'] else 'NO'}; reloads seen: "
                  f"{v['reloads_seen']}; token rotation: "
                  f"{'-' if v['rotation_done'] is None else 'done' if v['rotation_done'] else 'NOT done'}; "
