@@ -160,6 +160,7 @@ def test_binding_beyond_loopback_without_protection_warns(caplog):
     assert len(caplog.records) == 1 and "without --auth-token-file or --tls-cert" in caplog.records[0].getMessage()
 
 
+@pytest.mark.slow
 def test_serve_with_a_missing_token_file_fails_with_one_line(tmp_path):
     result = subprocess.run([DUALVEC, "serve", str(FLAT_BUNDLE), "--port", "0", "--auth-token-file",
                              str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
@@ -168,6 +169,7 @@ def test_serve_with_a_missing_token_file_fails_with_one_line(tmp_path):
         f"dualvec serve: error: token file {tmp_path / 'nothing'} does not exist"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sighup_rotates_tokens_in_every_process_and_no_token_is_logged(serve, tmp_path, processes):
     path = tmp_path / "tokens"
@@ -197,6 +199,7 @@ def test_sighup_rotates_tokens_in_every_process_and_no_token_is_logged(serve, tm
         assert token not in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_loadtest_sends_the_token(token_server, capsys, processes):
     """`dualvec loadtest --token` (on a plaintext channel: metadata added to every call, from every generator

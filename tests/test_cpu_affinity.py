@@ -13,6 +13,8 @@ from dualvec.server.host.cpu_affinity import format_cpus, parse_cpus
 
 from test_server_process import DUALVEC, GRACE, ServeProcess
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="platform has no CPU affinity")
 
 

@@ -24,6 +24,8 @@ from dualvec.server.app import ServerConfig, load_engines, start_server
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 DUALVEC = str(Path(sys.executable).with_name("dualvec"))
 SMALL_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1" / "flat"  # 40 words x 8 dims
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

@@ -198,6 +198,7 @@ def test_evaluate_refuses_a_negative_analogy_limit(capsys, lee_bundle):
     assert len(lines) == 1 and "--analogy-limit" in lines[0] and "-1" in lines[0]
 
 
+@pytest.mark.slow
 def test_recall_of_an_ivf_bundle_is_measured_against_exact_search(lee_ivf_bundle):
     from dualvec.evaluation import ann_recall
 

@@ -123,6 +123,7 @@ def test_skip_gram_is_the_default_and_cbow_a_flag():
 
 # ---------------------------------------------------------------------------------------- 6. training progress
 
+@pytest.mark.slow
 def test_training_progress_is_logged_at_intervals_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.05)
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a file or a pipe: no terminal
@@ -134,6 +135,7 @@ def test_training_progress_is_logged_at_intervals_when_stderr_is_not_a_terminal(
     assert "train word2vec" not in sys.stderr.getvalue()  # no bar where nobody watches one
 
 
+@pytest.mark.slow
 def test_training_shows_a_bar_on_a_terminal_and_no_progress_log_lines(tmp_path, monkeypatch, caplog):
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -163,6 +165,7 @@ def _with_closed_stdout(*args) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command", ["info", "info --json", "rank --bundle", "rank --addr", "query", "build",
                                      "train", "--help"])
+@pytest.mark.slow
 def test_a_closed_stdout_ends_every_printing_command_quietly(command, lee_bundle, lee_model, lee_server,
                                                              docs_jsonl, tmp_path):
     args = {"info": ["info", lee_bundle], "info --json": ["info", lee_bundle, "--json"],

@@ -26,6 +26,8 @@ from dualvec.server.app import ServerConfig, load_engines, start_server
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.slow  # thousands of generated requests or a compiled generator: .ci/run covers it
+
 EXAMPLES = int(os.environ.get("DUALVEC_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

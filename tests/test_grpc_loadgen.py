@@ -15,6 +15,8 @@ from dualvec.v1 import dualvec_pb2 as pb
 
 import dualvec.bench.load as bench_load
 
+pytestmark = pytest.mark.slow  # thousands of generated requests or a compiled generator: .ci/run covers it
+
 
 def read_requests(path: Path) -> list[bytes]:
     """The Go reader's format, read back in Python: uvarint length, then that many bytes."""

@@ -17,6 +17,8 @@ from access_helpers import serve  # noqa: F401 - serve is a fixture
 from dualvec.bench.hostile import CASES, Hostile, format_table
 from dualvec.loadtest.sampling import RssSampler, tree_memory
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 ROOT = Path(__file__).resolve().parent.parent
 NOT_ALLOWED = ("UNKNOWN", "INTERNAL", "client error")
 

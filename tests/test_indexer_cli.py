@@ -23,6 +23,8 @@ from dualvec.indexer.model_readers import read_model
 from dualvec.indexer.word2vec_format import write_word2vec
 from dualvec.kernel.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # runs dualvec in subprocesses (train, build, info): .ci/run covers it
+
 # the console script of this interpreter's environment (python -m dualvec where it is not installed as a script)
 _SCRIPT = Path(sys.executable).with_name("dualvec")
 DUALVEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "dualvec"]

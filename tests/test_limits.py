@@ -188,6 +188,7 @@ def test_the_limit_arithmetic_holds_for_words_averaging_26_bytes():
     assert response.ByteSize() <= max_answer_bytes(response) <= DEFAULT_CLIENT_RECEIVE
 
 
+@pytest.mark.slow
 def test_dualvec_client_receives_answers_past_4_mib_and_a_default_channel_is_told_the_sizes(loose, vocab):
     queries = [dict(positive=[w], k=1000) for w in vocab[:1024]]
     with Client(loose.address, timeout=60) as client:

@@ -20,6 +20,8 @@ from dualvec.client.client import ClientError
 from dualvec.server.app import ServerConfig, load_engines, start_server
 from dualvec.server.metrics import ServerMetrics
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 TOKEN = "metrics-token-Lm93"
 
 

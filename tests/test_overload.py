@@ -367,6 +367,7 @@ def _percentiles(latencies: list[float]) -> str:
     return f"p50 {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, max {ordered[-1] * 1000:.0f} ms ({len(ordered)} calls)"
 
 
+@pytest.mark.slow
 def test_cheap_searches_keep_answering_while_huge_batches_run(lee_bundle):
     """Six clients' threads each send the largest legal BatchSearch at k 1,000 over and over; an ordinary Search
     client on another connection still gets its answers within a bound (issue 14: 27 s, or 10 s deadlines

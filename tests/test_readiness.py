@@ -26,6 +26,7 @@ def engines(lee_bundle):
     return load_engines(ServerConfig(bundles=(str(lee_bundle),), checksums=False))
 
 
+@pytest.mark.slow
 def test_returns_once_a_served_process_answers_serving(lee_bundle):
     port = pick_free_port()
     target = f"127.0.0.1:{port}"

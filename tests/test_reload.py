@@ -35,6 +35,8 @@ from dualvec.server.app import ServerConfig, load_bundles, start_server
 from dualvec.server.metrics import ServerMetrics
 from dualvec.server.reload import content_id_of
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 TOKEN = "reload-token-Rt42"
 SOURCE = FLAT_BUNDLE.parent / "source.json"
 QUERY = "the"

@@ -13,6 +13,8 @@ import pytest
 from dualvec.bench.replicas import rolling_restart, start_replicas, stop_replicas, target_of
 from dualvec.client import Client
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_BUNDLE = str(ROOT / "tests" / "fixtures" / "bundle_v1" / "flat")  # 40 words x 8 dims
 WORDS = ("the", "of", "said", "has", "police")

@@ -47,6 +47,7 @@ def vocab(lee_bundle):
     return read_bundle(lee_bundle, checksums=False).vocab.words
 
 
+@pytest.mark.slow
 def test_ten_thousand_queries_answered_in_order_as_unary_search(client, vocab):
     queries = mixed_queries(vocab, 10_000)
     results = list(client.search_stream(iter(queries)))

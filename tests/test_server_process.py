@@ -28,6 +28,8 @@ from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
 from test_search_core import assert_neighbors, reference_of
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 DUALVEC = str(Path(sys.executable).with_name("dualvec"))
 GRACE = 8.0  # generous: the drain ends as soon as the calls in flight are done, and this machine is shared
 PB_SPACE = {Space.IN: pb.IN, Space.OUT: pb.OUT}

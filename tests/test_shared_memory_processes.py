@@ -21,6 +21,8 @@ from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 from test_server_process import ServeProcess
 from test_worker_processes import children_of, needs_two_cpus
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 N, D = 16_384, 96  # 6 MiB of float32 per space
 FIELDS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty")
 

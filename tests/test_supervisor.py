@@ -21,6 +21,8 @@ from dualvec import Client
 from dualvec.client.client import ClientError
 from test_worker_processes import children_of, needs_two_cpus
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 FAST_STOP = ("--drain-delay", "0", "--grace", "1")
 
 

@@ -16,6 +16,8 @@ from dualvec.client.client import ClientError
 from dualvec.kernel.errors import DualvecError
 from dualvec.server.app import ServerConfig, check_access, load_engines, start_server
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 TOKEN = "tls-token-Qp42"
 
 

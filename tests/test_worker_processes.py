@@ -23,6 +23,8 @@ from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
 
 from test_server_process import DUALVEC, GRACE, PB_SPACE, START_LINE, STOP_LINE, ServeProcess
 
+pytestmark = pytest.mark.slow  # starts server processes and signals them: .ci/run covers it, the fast loop does not
+
 needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
                                     or not Path("/proc").is_dir(), reason="needs two CPUs and /proc")
 
