@@ -234,7 +234,8 @@ def test_a_second_signal_cuts_the_drain_delay_short(serve):
     assert health_of(server.address) == NOT_SERVING  # still answering: the delay runs
     server.proc.send_signal(signal.SIGTERM)
     code, waited = wait_exit(server.proc, 1 + MARGIN + 10)
-    assert code == 0 and waited < 1 + MARGIN, server.log()
+    # the delay was 60 s: an exit within the grace plus a loaded machine's margin shows it was cut short
+    assert code == 0 and waited < 1 + 2 * MARGIN, server.log()
 
 
 def test_a_signal_to_the_whole_process_group_drains_once_with_the_full_delay(serve):
