@@ -17,6 +17,9 @@ from access_helpers import FLAT_BUNDLE, serve  # noqa: F401 - serve is a fixture
 from dualvec.bench.soak import bucket_quantile, bundle_content_id, memory_trend, share_above
 from dualvec.client import pick_free_port
 from dualvec.credential_files import read_tokens
+import pytest
+
+pytestmark = pytest.mark.slow  # runs a served soak for tens of seconds: .ci/run covers it
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER_BUNDLE = FLAT_BUNDLE.parent / "hnsw"  # the same 40 words, another index: another content_id
