@@ -84,7 +84,9 @@ def words_dataset(words: list[str], blocks: int = 4):
 
 
 # ------------------------------------------------------------------------------------------ on a Ray cluster
+# Starting a cluster takes 10-30 s here: these are slow (.ci/run covers them, the fast loop does not).
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_workers_write_the_table_of_the_command(cluster, tmp_path, kind):
     bundle = FIXTURES / kind
@@ -96,6 +98,7 @@ def test_workers_write_the_table_of_the_command(cluster, tmp_path, kind):
     assert_same_table(collect(ds), want)
 
 
+@pytest.mark.slow
 def test_workers_on_a_real_model_bundle(cluster, tmp_path, lee_ivf_bundle):
     """Every word of a 4k-word IVF bundle tuned to recall .95, in two pairs, hub rows merged: the command's
     table, to the row."""
@@ -108,6 +111,7 @@ def test_workers_on_a_real_model_bundle(cluster, tmp_path, lee_ivf_bundle):
     assert_same_table(collect(ds), want)
 
 
+@pytest.mark.slow
 def test_repeated_and_unknown_words(cluster, tmp_path):
     bundle = FIXTURES / "hnsw"
     from dualvec.distributed import ray_data
@@ -128,6 +132,7 @@ def test_repeated_and_unknown_words(cluster, tmp_path):
         collect(ds)
 
 
+@pytest.mark.slow
 def test_a_fleet_of_servers_answers_the_same(cluster, tmp_path, lee_bundle, lee_server):
     from dualvec.distributed import ray_data
 
@@ -139,6 +144,7 @@ def test_a_fleet_of_servers_answers_the_same(cluster, tmp_path, lee_bundle, lee_
     assert_same_table(collect(ds), want)
 
 
+@pytest.mark.slow
 def test_the_job_is_checked_before_any_worker_starts(cluster):
     from dualvec.distributed import ray_data
 
@@ -151,6 +157,7 @@ def test_the_job_is_checked_before_any_worker_starts(cluster):
         ray_data.bundle_neighbors(ds, FIXTURES / "nowhere", ["in-out"], 10)
 
 
+@pytest.mark.slow
 def test_the_pool_leaves_a_cpu_for_reading_and_writing(cluster):
     """Ray Data's file listing, read and write tasks need a CPU beside the pool: a pool of 2 one-thread workers on
     2 CPUs reserves half a CPU each."""
