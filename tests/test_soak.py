@@ -80,11 +80,13 @@ def test_memory_trend_tells_a_reload_step_from_growth():
     level = np.array([300.0 if x < 200 else 340.0 if x < 400 else 320.0 for x in t])
     noise = np.random.default_rng(0).normal(0, 0.3, len(t))
     flat = memory_trend(list(t), list(level + noise), 30.0, events, 15.0, label)
-    assert flat["flat"] and abs(flat["slope_mib_per_min"]) < 0.2, flat
+    assert flat["trend"] == "flat" and abs(flat["slope_mib_per_min"]) < 0.2, flat
     assert abs(flat["plain_slope_mib_per_min"]) > 1  # a plain fit takes the steps for a trend
-    leak = memory_trend(list(t), list(level + noise + t / 60.0 * 2.0), 30.0, events, 15.0, label)
-    assert not leak["flat"] and abs(leak["slope_mib_per_min"] - 2.0) < 0.2, leak
+    leak = memory_trend(list(t), list(level + noise + t / 60.0 * 3.0), 30.0, events, 15.0, label)
+    assert leak["trend"] == "growing" and abs(leak["slope_mib_per_min"] - 3.0) < 0.2, leak
     assert [p["bundle"] for p in leak["periods"]] == ["first", "B", "A"]
+    shrink = memory_trend(list(t), list(level + noise - t / 60.0 * 3.0), 30.0, events, 15.0, label)
+    assert shrink["trend"] == "falling" and not shrink["flat"], shrink
 
 
 def test_server_histogram_quantiles_interpolate_within_buckets():

@@ -67,6 +67,9 @@ TOKEN_DRAIN = 2.0       # seconds between switching the clients to the new token
 BOUNDS_MS = (5, 10, 25, 50, 100)  # the share of calls above these, client-seen and in the server (bucket bounds)
 EXIT_OK, EXIT_ERROR, EXIT_FAILED = 0, 1, 3
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+# memory is flat when its fitted drift over the run is within this share of its median (and FLAT_MIB at least): on
+# a shared 2-core host the PSS of the same bundle served moved 3-6 MiB (2-4%) either way between periods of a run
+FLAT_SHARE, FLAT_MIB = 0.05, 4.0
 
 
 @dataclass
@@ -163,6 +166,15 @@ def _channel(address: str, tls_ca: str | None, options=None) -> grpc.Channel:
     if tls_ca:
         return grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()), options=options)
     return grpc.insecure_channel(address, options=options)
+
+
+def get_info(channel: grpc.Channel, model: str, metadata=None, timeout: float = 10.0):
+    """GetInfo (a ModelInfo) over ``channel``; raises grpc.RpcError."""
+    from dualvec.v1 import dualvec_pb2 as pb
+
+    return channel.unary_unary(INFO, request_serializer=pb.GetInfoRequest.SerializeToString,
+                               response_deserializer=pb.ModelInfo.FromString)(
+        pb.GetInfoRequest(model=model), timeout=timeout, metadata=metadata)
 
 
 def soak_pool(words: RankedWords, mix_spec: str, spaces: set[str], *, k: int, model: str, seed: int,
@@ -363,20 +375,22 @@ def _cpu_pressure_us() -> int | None:
     return None
 
 
-def _tree_cpu_s(pid: int) -> tuple[float, list[int]]:
-    total, pids = 0.0, []
+def _tree_cpu_s(pid: int) -> tuple[float, list[int], int]:
+    """CPU seconds the process tree of ``pid`` has used, its pids, and its threads."""
+    total, pids, threads = 0.0, [], 0
     try:
         procs = process_tree(pid)
     except psutil.Error:
-        return 0.0, []
+        return 0.0, [], 0
     for p in procs:
         try:
             t = p.cpu_times()
             total += t.user + t.system
+            threads += p.num_threads()
             pids.append(p.pid)
         except psutil.Error:
             pass
-    return total, pids
+    return total, pids, threads
 
 
 class _Observer(threading.Thread):
@@ -392,17 +406,13 @@ class _Observer(threading.Thread):
         self.failed_scrapes = 0
 
     def snapshot(self) -> dict:
-        from dualvec.v1 import dualvec_pb2 as pb
-
-        cpu, pids = _tree_cpu_s(self.cfg.server_pid)
+        cpu, pids, threads = _tree_cpu_s(self.cfg.server_pid)
         snap = {"t": time.perf_counter() - self.t0, "cpu_s": cpu, "wait_ns": _schedstat_wait_ns(pids),
+                "threads": threads,
                 "pressure_us": _cpu_pressure_us(), "gen_cpu_s": time.process_time(),
                 "gen_wait_ns": _schedstat_wait_ns([os.getpid()]), "content_id": None, "metrics": None}
         try:
-            info = self.channel.unary_unary(INFO, request_serializer=pb.GetInfoRequest.SerializeToString,
-                                            response_deserializer=pb.ModelInfo.FromString)(
-                pb.GetInfoRequest(model=self.cfg.model), timeout=5.0, metadata=self.auth.metadata())
-            snap["content_id"] = info.content_id
+            snap["content_id"] = get_info(self.channel, self.cfg.model, self.auth.metadata(), 5.0).content_id
         except grpc.RpcError as exc:
             snap["content_id"] = f"({exc.code().name})"
         if self.cfg.metrics_url:
@@ -544,26 +554,22 @@ class Soak:
     # ------------------------------------------------------------------------------------------------ probes
     def probe(self, token: str | None = None) -> tuple[str, str | None]:
         """GetInfo on a fresh connection (which may land on any server process): (status name, content_id)."""
-        from dualvec.v1 import dualvec_pb2 as pb
-
         ch = _channel(self.cfg.address, self.cfg.tls_ca)
         try:
-            info = ch.unary_unary(INFO, request_serializer=pb.GetInfoRequest.SerializeToString,
-                                  response_deserializer=pb.ModelInfo.FromString)(
-                pb.GetInfoRequest(model=self.cfg.model), timeout=10.0, metadata=self.auth.metadata(token))
-            return "OK", info.content_id
+            return "OK", get_info(ch, self.cfg.model, self.auth.metadata(token)).content_id
         except grpc.RpcError as exc:
             return exc.code().name, None
         finally:
             ch.close()
 
-    def _confirm(self, check, timeout: float) -> tuple[float | None, float | None]:
-        """Probe until ``check(status, content_id)`` holds CONFIRM times in a row: (seconds to the first time it
-        held, seconds to the confirmation), from now; None where it never did."""
+    def _confirm(self, check, timeout: float, token: str | None = None) -> tuple[float | None, float | None]:
+        """Probe (with ``token``, else the clients' one) until ``check(status, content_id)`` holds CONFIRM times in
+        a row: (seconds to the first time it held, seconds to the confirmation), from now; None where it never
+        did."""
         t0 = time.perf_counter()
         first, streak = None, 0
         while time.perf_counter() - t0 < timeout:
-            if check(*self.probe()):
+            if check(*self.probe(token)):
                 first = time.perf_counter() - t0 if first is None else first
                 streak += 1
                 if streak >= CONFIRM:
@@ -629,42 +635,30 @@ class Soak:
         return ev
 
     def _confirm_token(self, token: str, want: str, timeout: float) -> tuple[float | None, float | None]:
-        t0 = time.perf_counter()
-        first, streak = None, 0
-        while time.perf_counter() - t0 < timeout:
-            status, _ = self.probe(token)
-            if status == want:
-                first = time.perf_counter() - t0 if first is None else first
-                streak += 1
-                if streak >= CONFIRM:
-                    return first, time.perf_counter() - t0
-            else:
-                if status not in ("OK", "UNAUTHENTICATED"):
-                    self.probe_failures[f"GetInfo {status}"] += 1
-                streak = 0
-            time.sleep(PROBE_GAP)
-        return first, None
+        """``_confirm`` that ``token`` gets the status ``want`` (OK or UNAUTHENTICATED)."""
+        def check(status: str, _cid) -> bool:
+            if status not in ("OK", "UNAUTHENTICATED"):
+                self.probe_failures[f"GetInfo {status}"] += 1
+            return status == want
+
+        return self._confirm(check, timeout, token)
 
     # ------------------------------------------------------------------------------------------------ the run
     def run(self) -> dict:
-        from dualvec.v1 import dualvec_pb2 as pb
         from dualvec.wire import space_names
 
         c = self.cfg
         self._check()
-        status, first_id = self.probe()
-        if status != "OK":
-            raise LoadtestError(f"GetInfo at {c.address} failed: {status}")
-        if c.bundles and self.ids[self.current] and first_id != self.ids[self.current]:
-            raise LoadtestError(f"the server serves content_id {first_id}, not that of {c.served_link} "
-                                f"({self.ids[self.current]}): is --server-pid the server of --served-link?")
         ch = _channel(c.address, c.tls_ca)
         try:
-            info = ch.unary_unary(INFO, request_serializer=pb.GetInfoRequest.SerializeToString,
-                                  response_deserializer=pb.ModelInfo.FromString)(
-                pb.GetInfoRequest(model=c.model), timeout=10.0, metadata=self.auth.metadata())
+            info = get_info(ch, c.model, self.auth.metadata())
+        except grpc.RpcError as exc:
+            raise LoadtestError(f"GetInfo at {c.address} failed: {exc.code().name}: {exc.details()}") from None
         finally:
             ch.close()
+        if c.bundles and self.ids[self.current] and info.content_id != self.ids[self.current]:
+            raise LoadtestError(f"the server serves content_id {info.content_id}, not that of {c.served_link} "
+                                f"({self.ids[self.current]}): is --server-pid the server of --served-link?")
         if c.bundles:
             words = shared_words(tuple(c.bundles))
         else:
@@ -770,6 +764,7 @@ class Soak:
                 row["server_cpu_wait_cores"] = round(max(0, b["wait_ns"] - a["wait_ns"]) / 1e9 / dt, 3)
                 if a["pressure_us"] is not None and b["pressure_us"] is not None:
                     row["host_cpu_pressure"] = round((b["pressure_us"] - a["pressure_us"]) / 1e6 / dt, 3)
+                row["server_threads"] = b["threads"]
                 row["content_id"] = b["content_id"]
                 row["bundle"] = self.labels.get(b["content_id"] or "")
                 if a["metrics"] and b["metrics"]:
@@ -793,6 +788,10 @@ class Soak:
             if mem else {}
         if mem:
             memory.update({k: mem[k] for k in ("measure", "processes", "label", "max_mib")})
+        after = [sn for sn in snaps if sn["t"] >= c.warmup - 1e-6]
+        if after:
+            memory["server_threads"] = {"after_warmup": after[0]["threads"], "end": after[-1]["threads"],
+                                        "max": max(sn["threads"] for sn in after)}
         tail = self._tail(res, search, tally.from_send.get("Search"), snaps)
         summary = {
             "calls": {"total": calls, "ok": calls - sum(failed.values()), "failed": sum(failed.values()),
@@ -812,7 +811,7 @@ class Soak:
             "reloads_seen": f"{summary['reloads']['seen']} of {summary['reloads']['done']}",
             "all_reloads_seen": summary["reloads"]["seen"] == summary["reloads"]["done"],
             "rotation_done": None if rotation is None else bool(rotation.get("done")),
-            "memory_flat": memory.get("flat"),
+            "memory_flat": memory.get("flat"), "memory_trend": memory.get("trend"),
         }
         return {"config": {k: v for k, v in c.__dict__.items()}, "server": {
             "model": info.model, "vocab_size": int(info.vocab_size), "dim": int(info.dim),
@@ -901,8 +900,9 @@ def memory_trend(t_s: list[float], mib: list[float], warmup: float, events: list
                  label_at=None) -> dict:
     """Memory after the warm-up: the least-squares slope in MiB per minute, with each served bundle at a level of
     its own (the one served from the start, then each bundle reloaded), samples from a reload until ``settle`` s
-    after every process answered with the new bundle left out; flat when the drift over the run (slope x minutes)
-    is within 1% of the median, or 2 MiB. Also the plain slope over every sample after the warm-up."""
+    after every process answered with the new bundle left out. ``trend``: "flat" when the drift over the run (slope
+    x minutes) is within FLAT_SHARE of the median (FLAT_MIB at least), else "growing" or "falling". Also the plain
+    slope over every sample after the warm-up, and the median of each served period."""
     t = np.asarray(t_s, float)
     y = np.asarray(mib, float)
     keep = t >= warmup
@@ -910,7 +910,7 @@ def memory_trend(t_s: list[float], mib: list[float], warmup: float, events: list
         if e["event"] == "reload":
             until = e["at_s"] + (e["seen_by_all_after_s"] or 0.0) + settle
             keep &= ~((t >= e["at_s"]) & (t < until))
-    out: dict = {"after_warmup_mib": None, "end_mib": None, "slope_mib_per_min": None, "flat": None}
+    out: dict = {"after_warmup_mib": None, "end_mib": None, "slope_mib_per_min": None, "flat": None, "trend": None}
     if keep.sum() < 3:
         return out
     tk, yk = t[keep], y[keep]
@@ -928,8 +928,9 @@ def memory_trend(t_s: list[float], mib: list[float], warmup: float, events: list
         "slope_mib_per_min": round(slope, 3), "drift_mib": round(drift, 2), "minutes": round(span, 2),
         "plain_slope_mib_per_min": None if plain is None else round(plain, 3),
         "levels_mib": {lv: round(float(coef[1 + i]), 1) for i, lv in enumerate(levels)},
-        "samples": int(keep.sum()), "flat": bool(abs(drift) <= max(2.0, 0.01 * median)),
+        "samples": int(keep.sum()), "flat": bool(abs(drift) <= max(FLAT_MIB, FLAT_SHARE * median)),
     })
+    out["trend"] = "flat" if out["flat"] else "growing" if drift > 0 else "falling"
     # per served period: the median of its samples (a leak across reloads shows as the same bundle rising)
     periods, start = [], 0.0
     marks = [e for e in events if e["event"] == "reload"]
@@ -986,7 +987,9 @@ def format_summary(result: dict) -> str:
         lines.append(f"memory ({m['label']}): {m['after_warmup_mib']} MiB after warm-up, {m['end_mib']} MiB at the "
                      f"end, max {m['max_mib']} MiB; slope {m['slope_mib_per_min']:+.3f} MiB/min with each bundle at "
                      f"its own level ({levels} MiB), {m['drift_mib']:+.2f} MiB over {m['minutes']} min: "
-                     + ("flat" if m["flat"] else "NOT flat"))
+                     + m["trend"]
+                     + (f"; the server's threads: {m['server_threads']['after_warmup']} after warm-up, "
+                        f"{m['server_threads']['end']} at the end" if m.get("server_threads") else ""))
     t = s["tail"]
     if "server_search_ms" in t:
         cs, ss = t["client_search_ms"], t["server_search_ms"]
@@ -1010,7 +1013,7 @@ def format_summary(result: dict) -> str:
     lines.append(f"verdict: zero failed calls: {'yes' if v['zero_failed_calls'] else 'NO'}; reloads seen: "
                  f"{v['reloads_seen']}; token rotation: "
                  f"{'-' if v['rotation_done'] is None else 'done' if v['rotation_done'] else 'NOT done'}; "
-                 f"memory after warm-up flat: {'-' if v['memory_flat'] is None else 'yes' if v['memory_flat'] else 'NO'}")
+                 f"memory after warm-up: {s['memory'].get('trend') or '-'}")
     if c.get("command"):
         lines.append(f"reproduce: {c['command']}")
     return "\n".join(lines)
@@ -1055,7 +1058,7 @@ def plot(result: dict, path: str) -> None:
     marks(ax, True)
     label = m.get("label", "server memory")
     verdict = "" if m.get("slope_mib_per_min") is None else (
-        f": slope {m['slope_mib_per_min']:+.3f} MiB/min after warm-up ({'flat' if m['flat'] else 'NOT flat'})")
+        f": slope {m['slope_mib_per_min']:+.3f} MiB/min after warm-up, each bundle at its own level ({m['trend']})")
     ax.set_title(textwrap.fill(label + verdict, 110), fontsize=8)
     ax.set_ylabel("MiB")
     ax = axes[1]
@@ -1075,7 +1078,8 @@ def plot(result: dict, path: str) -> None:
     ax.set_title(f"latency of the calls ending in each {c['interval']:g} s; after warm-up p50 {lat['p50']} ms, "
                  f"p99 {lat['p99']} ms, p99.9 {lat['p99.9']} ms", fontsize=8)
     ax = axes[2]
-    ax.plot(t, [r["calls"] / c["interval"] for r in rows], color="tab:green", label="calls/s")
+    rates = [r["calls"] / c["interval"] for r in rows]
+    ax.plot(t, rates, color="tab:green", label="calls/s")
     codes = sorted({k for r in rows for k in r["errors"]})
     ax2 = ax.twinx()
     for code in codes:
@@ -1085,7 +1089,7 @@ def plot(result: dict, path: str) -> None:
     ax2.set_ylim(bottom=0, top=max(1.0, ax2.get_ylim()[1]))
     ax2.set_ylabel("failed calls/s")
     marks(ax, False)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.15 * max(rates + [1.0]))
     ax.set_ylabel("calls/s")
     ax.set_xlabel("minutes since start")
     h1, l1 = ax.get_legend_handles_labels()
