@@ -1131,9 +1131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", metavar="FILE", help="the server's --auth-token-file: its first token is sent, "
                    "and it is rewritten once to rotate it (a new token added, the clients switched, the old one "
                    "removed)")
-    p.add_argument("--reload-every", type=float, default=3.0, metavar="MIN", help="minutes between reloads (3)")
+    p.add_argument("--reload-every", type=float, default=3.0, metavar="MIN", help="minutes between reloads (3; "
+                   "0: none)")
     p.add_argument("--rotate-at", type=float, metavar="MIN", help="minute of the token rotation (default: between "
-                   "the two reloads nearest the middle of the run)")
+                   "the two reloads nearest the middle of the run; past the run's end: none)")
     p.add_argument("--warmup", type=float, default=60.0, metavar="S", help="seconds left out of the latency and "
                    "memory verdicts (60)")
     p.add_argument("--interval", type=float, default=10.0, metavar="S", help="seconds per point of the time "
