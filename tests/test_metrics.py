@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 import urllib.request
 
 import grpc
@@ -48,19 +47,23 @@ def calls(address: str, n: int, **credentials) -> None:
     assert info.value.code == grpc.StatusCode.NOT_FOUND
 
 
-def multiprocess_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "dualvec-metrics-*")))
+def multiprocess_dirs(root) -> set[str]:
+    return set(glob.glob(os.path.join(str(root), "dualvec-metrics-*")))
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_metrics_count_search_calls(serve, tmp_path, processes):
+def test_metrics_count_search_calls(serve, tmp_path, processes, monkeypatch):
+    # the server's temporary files go to a folder of this test's own: other servers on the machine cannot count
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKEN + "\n", encoding="utf-8")
-    dirs_before = multiprocess_dirs()
+    dirs_before = multiprocess_dirs(scratch)
     server = serve("--processes", str(processes), "--metrics-port", "0", "--auth-token-file", str(tokens))
     address, url = server.address(), server.metrics_url()
     if processes > 1:
-        assert len(multiprocess_dirs() - dirs_before) == 1
+        assert len(multiprocess_dirs(scratch) - dirs_before) == 1
     calls(address, 6, token=TOKEN)
     with pytest.raises(ClientError):
         Client(address, timeout=10).search("the")  # no token
@@ -85,7 +88,7 @@ def test_metrics_count_search_calls(serve, tmp_path, processes):
     calls(address, 2, token=TOKEN)
     assert value(scrape(url), "dualvec_calls_total", code="OK", pair="in-out", **search) == 8
     assert server.stop() == 0
-    assert multiprocess_dirs() == dirs_before  # the multiprocess directory is gone
+    assert multiprocess_dirs(scratch) == dirs_before  # the multiprocess directory is gone
     assert TOKEN not in server.log()
 
 
