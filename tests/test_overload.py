@@ -189,7 +189,7 @@ def test_admission_refuses_beyond_max_queue_and_counts_back_down():
     assert gate.threads >= gate.max_queue + 32
 
 
-# ------------------------------------------------------------------------------ a burst on one channel (issue 14)
+# ------------------------------------------------------------------------------ a burst on one channel ---------------
 
 def test_500_concurrent_calls_on_one_channel_are_answered_or_refused_overloaded(slow_server, caplog):
     """One client's 500 calls at once arrive in one read: gRPC's core must hold them all (backlog_limits) so that
@@ -370,7 +370,7 @@ def _percentiles(latencies: list[float]) -> str:
 @pytest.mark.slow
 def test_cheap_searches_keep_answering_while_huge_batches_run(lee_bundle):
     """Six clients' threads each send the largest legal BatchSearch at k 1,000 over and over; an ordinary Search
-    client on another connection still gets its answers within a bound (issue 14: 27 s, or 10 s deadlines
+    client on another connection still gets its answers within a bound (27 s, or 10 s deadlines
     missed, before calls were weighed by their work)."""
     from dualvec.v1 import dualvec_pb2 as pb
     from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
