@@ -9,8 +9,8 @@
     rows.write_parquet("s3://bucket/neighbours/")
 
 bundle_neighbors maps the batches through a fixed pool of ``workers`` actors, each holding BundleNeighbors: the
-bundle is opened once per actor (memory-mapped, so the actors of one node share it in the page cache) and each
-batch is searched there as `dualvec neighbors` searches it. fleet_neighbors sends the batches to running servers
+bundle is opened once per actor (its vectors memory-mapped, so the actors of one node share them in the page
+cache) and each batch is searched there as `dualvec neighbors` searches it. fleet_neighbors sends the batches to running servers
 through dualvec.Client instead (FleetNeighbors). Output columns: dualvec.distributed.OUTPUT_SCHEMA.
 
 Needs the extra: ``pip install "dualvec[ray]"``, on the driver and on every node.
@@ -45,11 +45,10 @@ def _pool(ray, workers: int | None, threads: int, num_cpus: float | None) -> tup
         if num_cpus <= 0:
             raise ValueError(f"num_cpus must be above 0, got {num_cpus}")
         return (workers or max(1, int((cpus - 1) // num_cpus))), float(num_cpus)
-    if workers is None:
-        return max(1, int((cpus - 1) // threads)), float(threads)
-    if workers * threads <= cpus - 1:
-        return workers, float(threads)
-    return workers, max(0.05, math.floor(20 * (cpus - 1) / workers) / 20)
+    size = workers if workers is not None else max(1, int((cpus - 1) // threads))
+    if size * threads <= cpus - 1:
+        return size, float(threads)
+    return size, max(0.05, math.floor(20 * (cpus - 1) / size) / 20)
 
 
 def bundle_neighbors(ds, bundle: str | os.PathLike, pairs: Sequence[str] | str = ("in-out",), k: int = 10, *,
