@@ -51,3 +51,14 @@ def test_a_crowded_region_shows_in_the_table():
     cells = [c.strip() for c in in_in.strip("|").split("|")]
     median_within_005 = int(cells[5].split("/")[0].replace(",", ""))
     assert float(cells[2]) > 0.95 and median_within_005 > 50  # queries from the crowd: dozens of near-ties
+
+
+def test_make_models_dense_profile_is_cbow_for_three_epochs_unless_told_otherwise():
+    from dualvec.bench.make_model import parse_args
+    base = ["--words", "1000", "--out", "unused"]
+    usual = parse_args(base)
+    assert (usual.sg, usual.epochs) == (True, 5)
+    dense = parse_args(base + ["--profile", "dense"])
+    assert (dense.sg, dense.epochs) == (False, 3)
+    assert parse_args(base + ["--profile", "dense", "--epochs", "2"]).epochs == 2
+    assert parse_args(base + ["--cbow"]).sg is False

@@ -28,6 +28,16 @@ cross-space structure and the hubs that make IN->OUT / OUT->IN search hard. Only
    Cost: skip-gram trains ~55k words per CPU-second at 300 dims (CBOW ~3x more), so 1M x 300 with
    --epochs 2 is ~40M words, ~12 CPU-minutes; the default 5 epochs is ~2.5x that.
 
+Profiles
+--------
+skipgram (the default) is the model above. dense (--profile dense) trains the same corpus with CBOW for 3 epochs:
+a rare variant's IN vector is then the sum of the few averaged-context updates it received, and the rare tail
+crowds into a dense region, as in a real CBOW model of a large vocabulary (hundreds of words within 0.01 of a
+rare word's 10th neighbour, thousands within 0.05: `scripts/check_model_profile.py --crowd-only`). The crowd
+thins with more training: more epochs, a larger learning rate, more passes or a wider window each spread it
+(measured at 100k-200k words, docs/performance.md, "Dense vocabularies"); fewer epochs, a narrower window or
+stronger downsampling (--sample) tighten it, in the OUT space faster than in the IN space.
+
 Writes OUT_DIR/model.model (gensim full model with syn1neg; big arrays in model.model.*.npy beside it),
 OUT_DIR/make_model.json (parameters, seed, vocabulary size, count quantiles, timings) and, with --word2vec-pair,
 OUT_DIR/in.bin and OUT_DIR/out.bin (word2vec binary format, same word order).
@@ -219,6 +229,10 @@ def write_corpus(args, pl: dict, rng: np.random.Generator, path: Path, tqdm) -> 
 
 
 # --------------------------------------------------------------------------------------------- main
+# Training settings of each profile (explicit --epochs / --cbow override them).
+PROFILES = {"skipgram": {"sg": True, "epochs": 5}, "dense": {"sg": False, "epochs": 3}}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n", 1)[0],
@@ -227,13 +241,17 @@ def parse_args(argv=None):
     ap.add_argument("--dim", type=int, default=300, help="dimension D (default 300)")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--profile", choices=tuple(PROFILES), default="skipgram",
+                    help="skipgram (default): skip-gram, 5 epochs; dense: CBOW, 3 epochs, whose rare words crowd "
+                    "together as a real CBOW model's do (see 'Profiles' below); --epochs and --cbow override")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the profile's)")
     ap.add_argument("--min-count", type=int, default=3)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--negative", type=int, default=5)
     ap.add_argument("--sample", type=float, default=1e-3, help="gensim frequent-word downsampling")
-    ap.add_argument("--cbow", dest="sg", action="store_false",
+    ap.add_argument("--alpha", type=float, default=0.025, help="initial learning rate (gensim's default 0.025)")
+    ap.add_argument("--cbow", dest="sg", action="store_false", default=None,
                     help="CBOW instead of skip-gram (3-4x faster, but its cross-space profile is not the real "
                     "45k model's: OUT->IN far too easy, IN->OUT too hard)")
     ap.add_argument("--tokens-per-word", type=float, default=20.0,
@@ -250,7 +268,13 @@ def parse_args(argv=None):
     ap.add_argument("--word2vec-pair", action="store_true", help="also write in.bin and out.bin")
     ap.add_argument("--keep-corpus", action="store_true", help="keep OUT_DIR/corpus.txt")
     ap.add_argument("--quiet", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    profile = PROFILES[args.profile]
+    if args.epochs is None:
+        args.epochs = profile["epochs"]
+    if args.sg is None:
+        args.sg = profile["sg"]
+    return args
 
 
 def main(argv=None) -> int:
@@ -306,7 +330,7 @@ def main(argv=None) -> int:
     t2 = time.perf_counter()
     model = Word2Vec(vector_size=args.dim, window=args.window, min_count=args.min_count, sample=args.sample,
                      sg=int(args.sg), hs=0, negative=args.negative, workers=args.workers, seed=args.seed,
-                     epochs=args.epochs)
+                     epochs=args.epochs, alpha=args.alpha)
     model.build_vocab_from_freq({w: int(c) for w, c in zip(words, counts.tolist()) if c > 0})
     log(f"vocabulary: {len(model.wv):,} words; training {args.epochs} epochs at {args.dim} dims, "
         f"{args.workers} workers")
