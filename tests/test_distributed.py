@@ -20,6 +20,8 @@ from dualvec.kernel.errors import InvalidArgument, UnknownWords
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bundle_v1"
 PAIRS = ("in-in", "in-out", "out-in", "out-out")
+# Ray Data's own settings warn of their deprecated names when a cluster starts
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 if os.environ.get("CI"):
     import ray  # CI installs the extra (".[test,ray]"): a missing engine fails here instead of skipping

@@ -8,7 +8,9 @@ files that every engine reads; the top-k of each in one pair, written as Parquet
   actors of one CPU (one FAISS thread) each;
 - ``spark``: a local Spark session, ``local[W]``, the same BundleNeighbors in ``mapInArrow`` (one Python worker
   per task slot, one FAISS thread each);
-- ``neighbors``: `dualvec neighbors --words` in one process with W FAISS threads (no engine).
+- ``neighbors``: `dualvec neighbors --words` in one process with W FAISS threads (no engine);
+- ``fleet``: the local Ray cluster, dualvec.distributed.ray_data.fleet_neighbors with W actors asking the servers
+  at --address (serving the same bundle) in BatchSearch calls of --batch words (at most 1,024).
 
 Each prints one JSON line: the engine's start-up seconds (cluster or session up, a trivial job done), the job's
 seconds (the words read, searched and written), rows and queries/s; the parent runs them in turn and prints a
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINES = ("ray", "spark", "neighbors")
+ENGINES = ("ray", "spark", "neighbors", "fleet")
 
 
 def make_queries(bundle: str, n: int, directory: Path, *, seed: int = 0, files: int = 64) -> list[str]:
@@ -70,7 +72,7 @@ def blocks(n: int, workers: int) -> int:
     return max(4 * workers, -(-n // 16384))
 
 
-def run_ray(args) -> dict:
+def run_ray(args, fleet: bool = False) -> dict:
     t0 = time.perf_counter()
     import ray
     import ray.data
@@ -86,12 +88,20 @@ def run_ray(args) -> dict:
     t1, c1 = time.perf_counter(), tree_cpu_seconds()
     # small files are read into few blocks, and a block goes to one worker: ask for enough of them
     words = ray.data.read_parquet(str(args.queries), override_num_blocks=blocks(args.n, args.workers))
-    rows = ray_data.bundle_neighbors(words, args.bundle, [args.pair], args.k, workers=args.workers,
-                                     batch_size=args.batch)
+    if fleet:
+        rows = ray_data.fleet_neighbors(words, args.address, [args.pair], args.k, workers=args.workers,
+                                        batch_size=min(args.batch, 1024))
+    else:
+        rows = ray_data.bundle_neighbors(words, args.bundle, [args.pair], args.k, workers=args.workers,
+                                         batch_size=args.batch)
     rows.write_parquet(str(args.output))
     job, cpu = time.perf_counter() - t1, tree_cpu_seconds() - c1
     ray.shutdown()
     return {"start_seconds": started, "job_seconds": job, "cpu_seconds": cpu}
+
+
+def run_fleet(args) -> dict:
+    return run_ray(args, fleet=True)
 
 
 def run_spark(args) -> dict:
@@ -153,7 +163,7 @@ def count_rows(path: Path) -> int:
 
 def one(args) -> int:
     """Run one engine with one worker count in this process and print its JSON line."""
-    result = {"ray": run_ray, "spark": run_spark, "neighbors": run_neighbors}[args.one](args)
+    result = {"ray": run_ray, "spark": run_spark, "neighbors": run_neighbors, "fleet": run_fleet}[args.one](args)
     out = Path(str(args.output) + ".parquet") if args.one == "neighbors" else Path(args.output)
     rows = count_rows(out)
     result.update(engine=args.one, workers=args.workers, queries=args.n, rows=rows,
@@ -175,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2048, help="words per batch (2,048)")
     p.add_argument("--object-store-mb", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--address", help="the servers' gRPC target, for the fleet engine")
     p.add_argument("--json", help="write every run's result to this file")
     p.add_argument("--one", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
@@ -195,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                            "--dir", str(work), "--workers", w, "--queries", str(args.n), "--pair", args.pair,
                            "-k", str(args.k), "--cpus", str(args.cpus), "--batch", str(args.batch),
                            "--object-store-mb", str(args.object_store_mb)]
+                    if args.address:
+                        cmd += ["--address", args.address]
                     proc = subprocess.run(cmd, capture_output=True, text=True)
                     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
                     if proc.returncode or not lines:
