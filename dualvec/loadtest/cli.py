@@ -19,7 +19,7 @@ from dualvec.loadtest.plots import plot_run, plot_sweep
 from dualvec.loadtest.report import format_report, format_sweep, summarize
 from dualvec.loadtest.sampling import RssSampler
 from dualvec.loadtest.sweep import parse_sweep, run_sweep
-from dualvec.loadtest.workload import (DEFAULT_MIX, RankedWords, RequestPool, WorkloadConfig, build_pool,
+from dualvec.loadtest.workload import (DEFAULT_MIX, PAIR_OPS, RankedWords, RequestPool, WorkloadConfig, build_pool,
                                        discover_words, parse_mix, words_from_bundle, words_from_file)
 
 log = logging.getLogger("dualvec.loadtest")
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "call's intended send time, so queueing is never hidden). --sweep steps the rate up and draws the capacity "
         "curve. Percentiles come from mergeable log-linear histograms (0.1% resolution).",
         epilog="examples:  dualvec loadtest 127.0.0.1:50051 --concurrency 8 --duration 5\n"
+        "           dualvec loadtest 127.0.0.1:50051 --concurrency 8 --stream --stream-window 32\n"
         "           dualvec loadtest 127.0.0.1:50051 --rate 1000 --duration 20 --plot run.png\n"
         "           dualvec loadtest 127.0.0.1:50051 --sweep auto --processes 2 --plot capacity.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", default=DEFAULT_MIX, help="operations and their weights: in-in, in-out, out-in, out-out "
                    "(Search), batch (BatchSearch), desm (ScoreDocuments); e.g. "
                    "'in-in=1,in-out=1,out-in=1,out-out=1,batch=0.1,desm=0.1' (default: the four pairs alike)")
+    p.add_argument("--stream", action="store_true", help="send the searches over SearchStream calls instead of "
+                   "unary Search: closed loop, one stream per client; open loop, one stream per connection "
+                   "(--channels), the schedule's searches dealt in turn; --mix may then name the four pairs only")
+    p.add_argument("--stream-window", type=int, default=32, metavar="N", help="with --stream: searches in flight "
+                   "on each stream at most; a search waits for room, and open loop counts the wait (32)")
     p.add_argument("-k", "--k", type=int, default=10, help="neighbours per search (10)")
     p.add_argument("--deadline", type=float, default=5.0, help="seconds each call may take (5)")
     p.add_argument("--batch-size", type=int, default=8, help="searches per BatchSearch (8)")
@@ -107,6 +113,13 @@ def _validate(args) -> None:
             raise LoadtestError(f"--{name.replace('_', '-')} must be >= 1")
     if args.concurrency is not None and args.processes > args.concurrency:
         raise LoadtestError(f"--processes {args.processes} is more than --concurrency {args.concurrency}")
+    if args.stream_window < 1:
+        raise LoadtestError(f"--stream-window must be >= 1, got {args.stream_window}")
+    if args.stream:
+        unary = sorted(set(parse_mix(args.mix)) - set(PAIR_OPS))
+        if unary:
+            raise LoadtestError(f"--stream sends Search requests only: --mix may name {', '.join(PAIR_OPS)}, not "
+                                f"{', '.join(unary)}")
 
 
 def prepare(args, stub, info) -> tuple[RankedWords, RequestPool]:
@@ -190,11 +203,14 @@ def _run(args) -> int:
     finally:
         setup.close()
 
-    runner = Runner(args.address, pool, expected, args.processes, args.channels, args.connect_timeout, access)
+    window = args.stream_window if args.stream else 0
+    runner = Runner(args.address, pool, expected, args.processes, args.channels, args.connect_timeout, access,
+                    stream_window=window)
     sampler = RssSampler(args.server_pid, every=max(0.5, args.interval or 1.0)) if args.server_pid else None
     context = {"target": args.address, "model": info.model, "vocab_size": int(info.vocab_size), "dim": int(info.dim),
                "processes": runner.processes, "mix": args.mix, "k": args.k, "deadline_s": args.deadline,
-               "arrivals": args.arrivals, "words": words.source, "command": args.command_line}
+               "arrivals": args.arrivals, "words": words.source, "command": args.command_line,
+               "transport": "SearchStream" if args.stream else "unary"}
     try:
         if sampler:
             sampler.__enter__()
@@ -204,9 +220,10 @@ def _run(args) -> int:
             else:
                 mode = "closed" if args.concurrency else "open"
                 interval = args.interval or auto_interval(args.warmup + args.duration)
-                log.info("%s for %g s (+%g s warm-up) with %d process(es)", f"{args.concurrency} closed-loop "
+                log.info("%s for %g s (+%g s warm-up) with %d process(es)%s", f"{args.concurrency} closed-loop "
                          f"clients" if mode == "closed" else f"open loop at {args.rate:g}/s ({args.arrivals})",
-                         args.duration, args.warmup, runner.processes)
+                         args.duration, args.warmup, runner.processes,
+                         f", over SearchStream ({window} in flight per stream)" if window else "")
                 res = runner.run(mode, duration=args.duration, warmup=args.warmup, deadline=args.deadline,
                                  concurrency=args.concurrency or 0, rate=args.rate or 0.0, arrivals=args.arrivals,
                                  interval=interval, seed=args.seed, check=args.check)
@@ -219,12 +236,13 @@ def _run(args) -> int:
     if args.sweep is not None:
         return _report_sweep(sweep, args, context, rss)
     summary = summarize(res, mode=mode, duration=args.duration, warmup=args.warmup, concurrency=args.concurrency or 0,
-                        rate=args.rate or 0.0, interval=interval)
+                        rate=args.rate or 0.0, interval=interval, stream_window=window)
     summary.update(context)
     if rss:
         summary["server_rss"] = rss
     title = ((f"{args.concurrency} clients (closed loop)" if mode == "closed" else
               f"open loop at {args.rate:g}/s ({args.arrivals})")
+             + (f" over SearchStream, {window} in flight per stream" if window else "")
              + f", {args.duration:g} s after {args.warmup:g} s warm-up, {runner.processes} process(es), mix {args.mix}")
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -234,6 +252,8 @@ def _run(args) -> int:
         plot_run(res, summary, args.plot, f"{info.model}: {title}")
         log.info("wrote %s", args.plot)
     failed = summary["calls"]["failed"] + summary["calls"]["wrong_answers"] + summary["calls"]["unfinished"]
+    if summary["stream"]:
+        failed += summary["stream"]["broken"]
     return EXIT_FAILED_CALLS if args.fail_on_errors and failed else EXIT_OK
 
 
@@ -242,7 +262,8 @@ def _report_sweep(sweep: dict, args, context: dict, rss: dict | None) -> int:
     if rss:
         out["server_rss"] = rss
     title = (f"sweep of open-loop rates, {args.duration:g} s per step after {args.warmup:g} s warm-up, "
-             f"{args.processes} process(es), mix {args.mix}")
+             f"{args.processes} process(es), mix {args.mix}"
+             + (f", over SearchStream ({args.stream_window} in flight per stream)" if args.stream else ""))
     if args.json:
         print(json.dumps(out, indent=1))
     else:

@@ -26,7 +26,7 @@ import numpy as np
 
 from dualvec.loadtest.errors import LoadtestError
 from dualvec.loadtest.histogram import Histogram
-from dualvec.loadtest.workload import BATCH, SCORE, SEARCH, RequestPool, same_answer
+from dualvec.loadtest.workload import BATCH, SCORE, SEARCH, STREAM, RequestPool, same_answer
 
 log = logging.getLogger("dualvec.loadtest")
 
@@ -48,6 +48,7 @@ class Phase:
     arrivals: str = "uniform"  # open loop: "uniform" | "poisson"
     seed: int = 0
     check: bool = False
+    stream_window: int = 0     # > 0: searches over SearchStream calls, this many in flight on each (streams)
 
 
 SERIES_BITS = 7  # per-interval histograms: values within 1.6%
@@ -76,6 +77,11 @@ class PhaseResult:
     series_hist: np.ndarray | None = None    # (intervals, buckets) latency histograms of answers per interval
     cpu: list[float] = field(default_factory=list)          # CPU seconds of each generator process
     wall: float = 0.0
+    streams_opened: int = 0     # SearchStream calls opened (stream mode; the whole run, warm-up included)
+    streams_broken: Counter = field(default_factory=Counter)   # status code name -> streams that ended in it
+    stream_messages: dict[str, str] = field(default_factory=dict)  # status code name -> first message seen
+    stream_sent: int = 0        # searches sent over the streams (the whole run)
+    stream_answered: int = 0    # answers read from them, each a search's neighbours or its own error
 
     def merge(self, other: "PhaseResult") -> "PhaseResult":
         self.ok.merge(other.ok)
@@ -99,6 +105,12 @@ class PhaseResult:
                 setattr(self, name, theirs.copy() if mine is None else mine + theirs)
         self.cpu += other.cpu
         self.wall = max(self.wall, other.wall)
+        self.streams_opened += other.streams_opened
+        self.streams_broken.update(other.streams_broken)
+        for code, msg in other.stream_messages.items():
+            self.stream_messages.setdefault(code, msg)
+        self.stream_sent += other.stream_sent
+        self.stream_answered += other.stream_answered
         return self
 
     def to_state(self) -> dict:
@@ -107,6 +119,7 @@ class PhaseResult:
             d[name] = getattr(self, name).to_state()
         d["per_op"] = {op: h.to_state() for op, h in self.per_op.items()}
         d["errors"], d["errors_by_op"] = dict(self.errors), dict(self.errors_by_op)
+        d["streams_broken"] = dict(self.streams_broken)
         return d
 
     @classmethod
@@ -116,6 +129,7 @@ class PhaseResult:
             d[name] = Histogram.from_state(d[name])
         d["per_op"] = {op: Histogram.from_state(h) for op, h in d["per_op"].items()}
         d["errors"], d["errors_by_op"] = Counter(d["errors"]), Counter(d["errors_by_op"])
+        d["streams_broken"] = Counter(d["streams_broken"])
         return cls(**d)
 
 
@@ -142,18 +156,38 @@ class _Recorder:
             self.outstanding += 1
 
     def done(self, index: int, t_intended: float, t_sent: float, fut, notify=None) -> None:
+        """A unary call's future has finished."""
         t_done = time.perf_counter()
         code = fut.code()
+        name = code.name if code is not None else "UNKNOWN"
+        answer = details = None
+        if name == "OK":
+            if self.expected is not None:
+                try:
+                    answer = fut.result()
+                except Exception:  # noqa: BLE001 - no answer to check: recorded as wrong below
+                    answer = b""
+        else:
+            try:
+                details = fut.details() or ""
+            except Exception:  # noqa: BLE001
+                details = ""
+        self.record(index, t_intended, t_sent, t_done, name, answer, details)
+        if notify is not None:
+            notify.put(None)
+
+    def record(self, index: int, t_intended: float, t_sent: float, t_done: float, name: str,
+               answer: bytes | None = None, details: str | None = None) -> None:
+        """One finished request: its status code's name, and (``--check``) the serialized answer of one that
+        succeeded, compared with the idle answer; ``details``: the message of one that failed."""
         op, method, _ = self.pool.entries[index]
         wrong = None
-        if self.expected is not None and code is not None and code.name == "OK":
+        if self.expected is not None and name == "OK" and answer is not None:
             try:
-                answer = fut.result()
                 wrong = not same_answer(method, answer, self.expected[index])
             except Exception as exc:  # a response that does not parse is a wrong answer too
                 wrong = True
                 log.debug("check failed: %s", exc)
-        name = code.name if code is not None else "UNKNOWN"
         us = max(0.0, (t_done - t_intended) * 1e6)
         r = self.result
         with self.lock:
@@ -177,11 +211,7 @@ class _Recorder:
                 else:
                     r.errors[name] += 1
                     r.errors_by_op[f"{op} {name}"] += 1
-                    if name not in r.messages:
-                        try:
-                            r.messages[name] = fut.details() or ""
-                        except Exception:
-                            r.messages[name] = ""
+                    r.messages.setdefault(name, details or "")
                 if wrong is not None:
                     r.checked += 1
                     if wrong:
@@ -190,8 +220,6 @@ class _Recorder:
                             r.wrong_examples.append(f"{op} request #{index}")
             if self.outstanding == 0:
                 self.idle.notify_all()
-        if notify is not None:
-            notify.put(None)
 
     def wait_idle(self, timeout: float) -> int:
         """Wait until every issued call has finished; the number still unfinished after ``timeout``."""
@@ -209,6 +237,7 @@ class Target:
         over every server the address resolves to)."""
         from dualvec.client.credentials import open_channel
         from dualvec.client.service_config import channel_options
+        from dualvec.v1 import dualvec_pb2 as pb
 
         access = dict(access or {})
         opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
@@ -218,6 +247,10 @@ class Target:
                          for i in range(max(1, channels))]
         self.callables = [{m: ch.unary_unary(m, request_serializer=None, response_deserializer=None)
                            for m in (SEARCH, BATCH, SCORE)} for ch in self.channels]
+        # SearchStream: serialized SearchRequests out, SearchStreamResponses (index, answer or error) back
+        self.streams = [ch.stream_stream(STREAM, request_serializer=None,
+                                         response_deserializer=pb.SearchStreamResponse.FromString)
+                        for ch in self.channels]
 
     def wait_ready(self, timeout: float, address: str) -> None:
         import grpc
@@ -235,6 +268,10 @@ class Target:
 
 def run_phase(target: Target, pool: RequestPool, expected: list[bytes] | None, phase: Phase) -> PhaseResult:
     """Run one phase in this process and return what it measured."""
+    if phase.stream_window:
+        from dualvec.loadtest.streams import run_stream_phase  # which builds on this module
+
+        return run_stream_phase(target, pool, expected, phase)
     t0 = time.perf_counter() + (phase.start_wall - time.time())
     rec = _Recorder(pool, expected if phase.check else None, t0, phase)
     rng = np.random.default_rng(phase.seed)
@@ -332,11 +369,14 @@ def _worker_main(conn, address: str, channels: int, pool: RequestPool, expected,
 
 class Runner:
     """Runs phases on ``processes`` generator processes (spawned once, reused for every phase), or in this process
-    when ``processes`` is 1, and merges their results."""
+    when ``processes`` is 1, and merges their results. ``stream_window`` > 0: every phase sends its searches over
+    SearchStream calls with at most that many in flight on each (dualvec.loadtest.streams)."""
 
     def __init__(self, address: str, pool: RequestPool, expected: list[bytes] | None, processes: int = 1,
-                 channels: int = 1, connect_timeout: float = 10.0, access: dict | None = None):
+                 channels: int = 1, connect_timeout: float = 10.0, access: dict | None = None,
+                 stream_window: int = 0):
         self.address, self.pool, self.expected = address, pool, expected
+        self.stream_window = stream_window
         self.processes = max(1, processes)
         self.target: Target | None = None
         self.workers: list = []
@@ -379,7 +419,8 @@ class Runner:
             conc = concurrency // p + (1 if i < concurrency % p else 0)
             phases.append(Phase(mode=mode, start_wall=start, warmup=warmup, duration=duration, deadline=deadline,
                                 interval=interval, concurrency=conc, rate=rate / p, offset=i / rate if rate else 0.0,
-                                arrivals=arrivals, seed=seed * 1000 + i, check=check))
+                                arrivals=arrivals, seed=seed * 1000 + i, check=check,
+                                stream_window=self.stream_window))
         if mode == "closed":
             phases = [ph for ph in phases if ph.concurrency > 0]
         if p == 1:

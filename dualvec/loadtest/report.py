@@ -8,8 +8,9 @@ from dualvec.loadtest.histogram import Histogram, latency_ms
 
 
 def summarize(res: PhaseResult, *, mode: str, duration: float, warmup: float, concurrency: int = 0,
-              rate: float = 0.0, interval: float = 1.0, series: bool = True) -> dict:
-    """The numbers of a phase as a JSON-ready dict."""
+              rate: float = 0.0, interval: float = 1.0, series: bool = True, stream_window: int = 0) -> dict:
+    """The numbers of a phase as a JSON-ready dict. In stream mode (``stream_window`` > 0) its calls are the
+    searches sent over the streams, and ``stream`` tells of the streams themselves."""
     failed = sum(res.errors.values())
     out: dict = {
         "mode": mode, "concurrency": concurrency if mode == "closed" else None,
@@ -28,7 +29,13 @@ def summarize(res: PhaseResult, *, mode: str, duration: float, warmup: float, co
                                                    if k.split(" ", 1)[0] == op})
                    for op, h in res.per_op.items()},
         "generator_cpu": [round(c / res.wall, 3) for c in res.cpu] if res.wall else [],
+        "stream": None,
     }
+    if stream_window:
+        out["stream"] = {"window": stream_window, "opened": res.streams_opened,
+                         "broken": sum(res.streams_broken.values()), "errors": dict(res.streams_broken.most_common()),
+                         "error_messages": dict(res.stream_messages), "searches_sent": res.stream_sent,
+                         "searches_answered": res.stream_answered}
     if mode == "open":
         out["send_lag_ms"] = {k: latency_ms(res.lag)[k] for k in ("p50", "p99", "max")}
     if res.wrong_examples:
@@ -45,7 +52,8 @@ def summarize(res: PhaseResult, *, mode: str, duration: float, warmup: float, co
         warnings.append(f"a generator process used {max(busy):.0%} of a core: the numbers may measure the "
                         f"generator (add --processes, or run it on another machine)")
     if res.unfinished:
-        warnings.append(f"{res.unfinished} calls were still unanswered when the run stopped waiting")
+        warnings.append(f"{res.unfinished} {'searches' if stream_window else 'calls'} were still unanswered when "
+                        f"the run stopped waiting")
     out["warnings"] = warnings
     if series and res.series_ok is not None:
         out["series"] = time_series(res, interval)
@@ -88,24 +96,34 @@ def _lat_line(lat: dict) -> str:
 
 def format_report(s: dict, header: str) -> str:
     lines = [header]
+    stream = s.get("stream")
+    what = "searches" if stream else "calls"
     if s["mode"] == "open":
         lines.append(f"  offered {s['offered_rate']:.1f}/s   sent {s['send_rate']:.1f}/s   achieved "
                      f"{s['achieved_rate']:.1f}/s (answered, ok)")
     else:
-        lines.append(f"  {s['concurrency']} clients   achieved {s['achieved_rate']:.1f}/s (answered, ok)")
+        lines.append(f"  {s['concurrency']} {'streams' if stream else 'clients'}   achieved "
+                     f"{s['achieved_rate']:.1f}/s (answered, ok)")
     c = s["calls"]
-    lines.append(f"  calls: {c['sent']:,} in the window, {c['ok']:,} ok, {c['failed']:,} failed"
+    lines.append(f"  {what}: {c['sent']:,} in the window, {c['ok']:,} ok, {c['failed']:,} failed"
                  + (f", {c['unfinished']} unfinished" if c["unfinished"] else "")
                  + (f"; answers checked against idle answers: {c['checked']:,}, wrong: {c['wrong_answers']}"
                     if c["checked"] else ""))
-    lines.append(f"  latency ms (ok calls, n={s['latency_ms']['count']:,}):  {_lat_line(s['latency_ms'])}")
+    lines.append(f"  latency ms (ok {what}, n={s['latency_ms']['count']:,}):  {_lat_line(s['latency_ms'])}")
     if c["failed"]:
-        lines.append(f"  latency ms (all calls):            {_lat_line(s['latency_all_ms'])}")
+        lines.append(f"  latency ms (all {what}):            {_lat_line(s['latency_all_ms'])}")
         for code, n in s["errors"].items():
             msg = s["error_messages"].get(code, "")
             lines.append(f"  errors {code}: {n:,}" + (f"  ({msg[:100]})" if msg else ""))
     else:
         lines.append("  errors: none")
+    if stream:
+        lines.append(f"  streams: {stream['opened']:,} opened, {stream['broken']:,} broken, at most {stream['window']} "
+                     f"searches in flight on each; {stream['searches_sent']:,} searches sent over them in the run, "
+                     f"{stream['searches_answered']:,} answered")
+        for code, n in stream["errors"].items():
+            msg = stream["error_messages"].get(code, "")
+            lines.append(f"  broken streams {code}: {n:,}" + (f"  ({msg[:100]})" if msg else ""))
     if len(s["per_op"]) > 1:
         for op, lat in s["per_op"].items():
             errs = sum(lat["errors"].values())

@@ -108,7 +108,8 @@ def run_sweep(runner: Runner, args, interval: float | None) -> dict:
     for n, rate in enumerate(rates, 1):
         res = runner.run("open", duration=args.duration, warmup=args.warmup, deadline=args.deadline, rate=rate,
                          arrivals=args.arrivals, interval=interval, seed=args.seed + n, check=args.check)
-        s = summarize(res, mode="open", duration=args.duration, warmup=args.warmup, rate=rate, series=False)
+        s = summarize(res, mode="open", duration=args.duration, warmup=args.warmup, rate=rate, series=False,
+                      stream_window=runner.stream_window)
         s["generator_bound"] = s["send_rate"] < 0.98 * rate
         steps.append(s)
         judge_steps(steps, args.slo_ms)  # with what is known so far: to decide when to stop

@@ -18,6 +18,7 @@ log = logging.getLogger("dualvec.loadtest")
 
 SERVICE = "/dualvec.v1.DualVec/"
 SEARCH, BATCH, SCORE = SERVICE + "Search", SERVICE + "BatchSearch", SERVICE + "ScoreDocuments"
+STREAM = SERVICE + "SearchStream"
 PAIR_OPS = tuple(pair_name(q, t) for q, t in ALL_PAIRS)  # in-in, in-out, out-in, out-out
 OPS = PAIR_OPS + ("batch", "desm")
 DEFAULT_MIX = "in-in=1,in-out=1,out-in=1,out-out=1"
