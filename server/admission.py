@@ -24,6 +24,16 @@ that does better, in three steps for each call of a guarded service:
    while it waits, or whose client has gone, is not searched (DEADLINE_EXCEEDED / CANCELLED).
 3. The call itself, once the deadline is checked one last time: the one place a server-side deadline is checked.
 
+A stream (SearchStream) is admitted in the same two steps, spread over its life. Opening it: at most
+``max_streams`` streams are open at once, one more is refused at once with RESOURCE_EXHAUSTED naming
+``--max-streams`` (counted among ``stats().refused``); streams do not take places of ``max_queue``, so open
+streams never lock unary calls out. Its work: the handler is given a context whose ``admit(requests)`` takes
+each batch the stream answers together through the same gate, charged as a BatchSearch of those requests would
+be (heavy when it is), and held only while the batch is searched, not while its answers wait to be sent. A batch
+waits for room as long as it must (never refused), but not past the stream's deadline (DEADLINE_EXCEEDED) nor
+after its client has gone (CANCELLED): a stream cannot hold more of the budget than a call would, and its
+batches take their turn in the same lines as the unary calls.
+
 A fourth bound sits below the Python layer. gRPC Python accepts calls on a single poll thread, which needs the GIL
 and handles every event of every call (its arrival, its request, its status sent): calls that arrive faster than it
 can take them wait inside gRPC's C core, where no interceptor sees them, bounded by the core's pending-request
@@ -37,11 +47,11 @@ interceptor). The price is the wait in that backlog when arrivals outrun the pol
 far past capacity): there, and only there, the core's CANCELLED remains, since a refusal costs the poll thread as
 much as an answer.
 
-The thread pool has a thread for every call admitted plus spare threads for refusals, health and reflection
-(``threads``), so that searches never queue in it. gRPC's ``maximum_concurrent_rpcs`` (``concurrent_rpcs``) sits
-above that by the backlog's hard limit: a burst taken from the backlog at once gets our refusals (queued briefly
-for a spare thread, each a few tens of microseconds), not gRPC's bare one, which stays a backstop against
-a flood beyond every other bound. Calls of services that are not guarded (health, reflection) pass neither
+The thread pool has a thread for every call admitted and every stream open, plus spare threads for refusals,
+health and reflection (``threads``), so that searches never queue in it. gRPC's ``maximum_concurrent_rpcs``
+(``concurrent_rpcs``) sits above that by the backlog's hard limit: a burst taken from the backlog at once gets our
+refusals (queued briefly for a spare thread, each a few tens of microseconds), not gRPC's bare one, which stays a
+backstop against a flood beyond every other bound. Calls of services that are not guarded (health, reflection) pass neither
 step: health answers SERVING while the search service is overloaded.
 """
 from __future__ import annotations
@@ -88,13 +98,19 @@ def _documents_cost(request) -> float:
 COST_CEILING = 10_000.0
 
 
-def _batch_cost(request) -> float:
+def queries_cost(queries: Iterable) -> float:
+    """The cost of searching ``queries`` together (a BatchSearch's requests, a stream's batch): their sum, added up
+    to COST_CEILING at most."""
     total = 0.0
-    for query in request.requests:
+    for query in queries:
         total += _query_cost(query)
         if total > COST_CEILING:
             break
     return total or 1.0
+
+
+def _batch_cost(request) -> float:
+    return queries_cost(request.requests)
 
 
 COSTS: dict[str, Callable[[object], float]] = {
@@ -121,7 +137,10 @@ def call_cost(rpc: str, request) -> float:
 @dataclass(frozen=True)
 class AdmissionStats:
     """Counters since start: calls admitted, refused (overloaded), expired or abandoned while waiting at the
-    gate, the calls in the server right now, and of those the heavy ones; the units the running calls hold."""
+    gate, the calls in the server right now, and of those the heavy ones; the units the running calls hold; the
+    streams open right now, and the batches of streams let through the gate since start (streams refused count
+    among ``refused``, those whose batch expired or was abandoned at the gate among ``expired_waiting`` and
+    ``cancelled_waiting``)."""
 
     admitted: int
     refused: int
@@ -130,6 +149,8 @@ class AdmissionStats:
     in_flight: int
     heavy_in_flight: int = 0
     units_running: float = 0.0
+    streams_open: int = 0
+    stream_batches: int = 0    # batches of streams let through the gate
 
 
 class _Waiter:
@@ -245,12 +266,15 @@ class AdmissionControl(grpc.ServerInterceptor):
 
     def __init__(self, max_queue: int, workers: int, services: Iterable[str], *, spare_threads: int | None = None,
                  log_every: float = 10.0, budget: float | None = None, call_cap: float | None = None,
-                 heavy_budget: float | None = None):
+                 heavy_budget: float | None = None, max_streams: int | None = None):
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if max_streams is not None and max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         self.max_queue = max_queue
+        self.max_streams = max(1, max_queue // 4) if max_streams is None else max_streams
         self.workers = min(workers, max_queue)
         self.budget = float(budget if budget is not None else self.workers * UNITS_PER_WORKER)
         if self.budget <= 0:
@@ -266,6 +290,7 @@ class AdmissionControl(grpc.ServerInterceptor):
         self._gate = CostGate(self.workers, self.budget, self.heavy_budget)
         self._in_flight = self._heavy_in_flight = 0
         self._admitted = self._refused = self._expired = self._cancelled = 0
+        self._streams = self._stream_batches = 0
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._log_every = log_every
         self._last_log = -float("inf")
@@ -274,8 +299,8 @@ class AdmissionControl(grpc.ServerInterceptor):
 
     @property
     def threads(self) -> int:
-        """Threads the server's pool needs so that no admitted call waits in its queue."""
-        return self.max_queue + self.spare_threads
+        """Threads the server's pool needs so that no admitted call, nor open stream, waits in its queue."""
+        return self.max_queue + self.max_streams + self.spare_threads
 
     @property
     def backlog_limits(self) -> tuple[int, int]:
@@ -293,7 +318,7 @@ class AdmissionControl(grpc.ServerInterceptor):
         running, units = self._gate.load()
         with self._lock:
             return AdmissionStats(self._admitted, self._refused, self._expired, self._cancelled, self._in_flight,
-                                  self._heavy_in_flight, round(units, 3))
+                                  self._heavy_in_flight, round(units, 3), self._streams, self._stream_batches)
 
     def charge(self, rpc: str, request) -> tuple[float, bool]:
         """(units charged at the gate, heavy?) of a call."""
@@ -309,7 +334,18 @@ class AdmissionControl(grpc.ServerInterceptor):
         if cached is not None:
             return cached
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:  # streams are not admitted here
+        if handler is not None and handler.stream_stream is not None:  # a stream: admitted by its batches
+            stream_behavior = handler.stream_stream
+
+            def guarded_stream(request_iterator, context):
+                return self._stream(stream_behavior, request_iterator, context)
+
+            wrapped = grpc.stream_stream_rpc_method_handler(guarded_stream,
+                                                            request_deserializer=handler.request_deserializer,
+                                                            response_serializer=handler.response_serializer)
+            self._handlers[method] = wrapped
+            return wrapped
+        if handler is None or handler.unary_unary is None:
             return handler
         behavior = handler.unary_unary
         rpc = method.rsplit("/", 1)[-1]
@@ -381,6 +417,51 @@ class AdmissionControl(grpc.ServerInterceptor):
                 self._in_flight -= 1
                 self._heavy_in_flight -= heavy
 
+    # ---------------------------------------------------------------------------------------------------- streams
+    def _stream(self, behavior, request_iterator, context):
+        """A stream's life: opened if fewer than ``max_streams`` are, its answers passed on as the handler yields
+        them, its place given back when it ends however it ends."""
+        with self._lock:
+            opened = self._streams < self.max_streams
+            if opened:
+                self._streams += 1
+            else:
+                self._refused += 1
+        if not opened:
+            self._log_refusals()
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"server overloaded: {self.max_streams} streams are already open (its --max-streams); "
+                          f"retry later, with backoff, or send the searches on an open stream")
+        try:
+            yield from behavior(request_iterator, AdmittingContext(context, self))
+        finally:
+            with self._lock:
+                self._streams -= 1
+
+    def admit_batch(self, requests: list, context) -> "_Admitted":
+        """Wait at the gate for room for a stream's batch of search ``requests``, charged as a BatchSearch of them
+        would be; a context manager holding the room until the batch is searched. Aborts the call (so raises)
+        when the call's deadline passes first (DEADLINE_EXCEEDED) or its client goes (CANCELLED)."""
+        cost = queries_cost(requests)
+        charge, heavy = min(cost, self.call_cap), cost > self.heavy_above
+        remaining = context.time_remaining()
+        timeout = None if remaining is None or remaining > _NO_DEADLINE else max(0.0, remaining)
+        outcome = "expired" if timeout is not None and timeout <= 0 else self._gate.acquire(
+            charge, heavy, timeout, context.is_active)
+        if outcome == "expired":
+            with self._lock:
+                self._expired += 1
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          "the stream's deadline passed while its next searches waited for a worker; they were not "
+                          "searched")
+        if outcome == "gone":
+            with self._lock:
+                self._cancelled += 1
+            context.abort(grpc.StatusCode.CANCELLED, "the client went away while the stream's searches waited")
+        with self._lock:
+            self._stream_batches += 1
+        return _Admitted(self._gate, charge, heavy)
+
     # ------------------------------------------------------------------------------------------------- the log
     def _log_refusals(self) -> None:
         """The first refusal after a quiet spell is logged at once; later ones are summed into one line at most
@@ -403,7 +484,39 @@ class AdmissionControl(grpc.ServerInterceptor):
             self._last_log = time.monotonic()
             self._report_due = None
             in_flight = self._in_flight
+            streams = self._streams
         if refused:
             log.warning("overloaded: refused %d call(s) with RESOURCE_EXHAUSTED since the last report (%d calls "
-                        "in the server; max_queue %d, workers %d, budget %g units)", refused, in_flight,
-                        self.max_queue, self.workers, self.budget)
+                        "in the server, %d streams open; max_queue %d, max_streams %d, workers %d, budget %g "
+                        "units)", refused, in_flight, streams, self.max_queue, self.max_streams, self.workers,
+                        self.budget)
+
+
+class _Admitted:
+    """Room at the gate for one batch of a stream, given back on leaving the ``with`` block."""
+
+    __slots__ = ("_gate", "_charge", "_heavy")
+
+    def __init__(self, gate: CostGate, charge: float, heavy: bool):
+        self._gate, self._charge, self._heavy = gate, charge, heavy
+
+    def __enter__(self) -> "_Admitted":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._gate.release(self._charge, self._heavy)
+
+
+class AdmittingContext:
+    """The context a guarded stream's handler is given: the call's own context (every attribute passed on), and
+    ``admit(requests)``, which takes a batch of the stream's requests through admission control's gate
+    (``AdmissionControl.admit_batch``)."""
+
+    def __init__(self, context, admission: AdmissionControl):
+        self._context, self._admission = context, admission
+
+    def admit(self, requests: list) -> _Admitted:
+        return self._admission.admit_batch(requests, self._context)
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)

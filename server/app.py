@@ -71,6 +71,7 @@ class ServerConfig:
     max_message_bytes: int = 16 << 20  # one request; larger: RESOURCE_EXHAUSTED from gRPC, naming both sizes
     workers: int = 16          # calls worked on at once (dualvec.server.admission)
     max_queue: int = 256       # calls admitted at once (running or waiting for a worker); more: RESOURCE_EXHAUSTED
+    max_streams: int = 64      # SearchStream calls open at once (each batch admitted by cost); more: RESOURCE_EXHAUSTED
     checksums: bool = True
     grace_seconds: float = 5.0
     faiss_threads: int = 1     # per search call: one query with many OpenMP threads is slower than with one
@@ -191,7 +192,7 @@ def start_server(engines: Mapping[str, SearchEngine | ServedBundle], cfg: Server
                    if cfg.tls_cert else None)
     # admission control bounds the DualVec calls (fast "server overloaded" refusals beyond max_queue, deadlines
     # honoured while waiting); the pool has a thread for every call taken, so health never queues behind searches
-    admission = AdmissionControl(cfg.max_queue, cfg.workers, (SERVICE_NAME,))
+    admission = AdmissionControl(cfg.max_queue, cfg.workers, (SERVICE_NAME,), max_streams=cfg.max_streams)
     malformed = MalformedRequests()
     # OpenMP's thread count is per thread: set it in every worker, where FAISS runs (setting it here would only
     # cover this thread, and each single-query search would wake, then spin, a second OpenMP thread)

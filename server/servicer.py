@@ -77,7 +77,8 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         engine = served.engine(request.model)
         prepared = engine.prepare(query_from_pb(request))
         batcher = served.batcher(request.model)
-        if batcher is None or prepared.exact:  # an exhaustive search would hold up a whole batch
+        # an exhaustive search would hold up a whole batch; a lookup in an answer table needs none
+        if batcher is None or prepared.exact or engine.answer_table(prepared) is not None:
             return response_from(engine.search_prepared([prepared])[0])
         return response_from(batcher.submit(prepared))
 
@@ -105,7 +106,10 @@ class DualVecServicer(pb_grpc.DualVecServicer):
         that have arrived are answered together (one search per bundle, as BatchSearch does), a lone one as Search
         answers it; at most STREAM_READ_AHEAD are read ahead of the answers sent (dualvec.server.streaming), and
         sending waits for the client's flow-control window, so a slow reader stops the reading. A cancelled call,
-        or one past its deadline, stops before its next requests."""
+        or one past its deadline, stops before its next requests. Under admission control (dualvec.server.admission)
+        the context admits each batch before it is searched, weighed as a BatchSearch of it, and the room is given
+        back before its answers are sent."""
+        admit = getattr(context, "admit", None)
         reader = ReadAhead(request_iterator, STREAM_READ_AHEAD)
         index = 0
         try:
@@ -113,7 +117,12 @@ class DualVecServicer(pb_grpc.DualVecServicer):
                 requests = reader.take(context.is_active)
                 if not requests:
                     return
-                yield from self._stream_answers(index, requests)
+                if admit is None:
+                    answers = self._stream_answers(index, requests)
+                else:
+                    with admit(requests):
+                        answers = self._stream_answers(index, requests)
+                yield from answers
                 index += len(requests)
         finally:
             reader.close()
