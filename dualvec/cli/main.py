@@ -100,6 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        max_word_bytes=args.max_word_bytes, max_documents=args.max_documents,
                        max_document_tokens=args.max_document_tokens, max_query_tokens=args.max_query_tokens,
                        max_message_bytes=args.max_message_bytes, workers=args.workers, max_queue=args.max_queue,
+                       max_streams=args.max_streams,
                        checksums=not args.skip_checksums, grace_seconds=args.grace, batch_size=args.batch_size,
                        concurrent_batches=args.concurrent_batches, prefault=not args.no_prefault, cpus=args.cpus,
                        processes=args.processes, auth_token_file=args.auth_token_file, tls_cert=args.tls_cert,
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gRPC worker threads (%(default)s)")
     p.add_argument("--max-queue", type=int, default=default_of(SERVER, "max_queue"),
                    help="calls admitted at once; more are refused with RESOURCE_EXHAUSTED (%(default)s)")
+    p.add_argument("--max-streams", type=whole_number(1), default=default_of(SERVER, "max_streams"), metavar="N",
+                   help="SearchStream calls open at once, their searches admitted by cost like calls; more are "
+                        "refused with RESOURCE_EXHAUSTED (%(default)s)")
     p.add_argument("--batch-size", type=int, default=default_of(SERVER, "batch_size"),
                    help="concurrent searches answered by one FAISS call; 1 turns batching off (%(default)s)")
     p.add_argument("--concurrent-batches", type=int, default=default_of(SERVER, "concurrent_batches"),
