@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import faiss
@@ -12,11 +12,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dualvec.kernel.ann import IndexSpec, SearchParams, SpaceIndex, build_index, choose_spec
-from dualvec.kernel.bundle import BundleWriter, hubs_file, index_file, norms_file, vectors_file
+from dualvec.kernel.bundle import BundleWriter, answer_files, hubs_file, index_file, norms_file, vectors_file
 from dualvec.kernel.errors import ModelError
 from dualvec.kernel.hubs import find_hubs, hub_cap
 from dualvec.kernel.manifest import BuildRecord, IndexEntry, Manifest, PairEntry
 from dualvec.kernel.truth import QuerySample, draw_ids, exact_truth, frequency_weights
+from dualvec.indexer.answer_tables import PairToFill, TableConfig, fill_tables
 from dualvec.indexer.normalize import normalize_rows
 from dualvec.indexer.source_model import SourceModel, duplicate_words
 from dualvec.indexer.tuning import TuningConfig, tune_pair
@@ -38,6 +39,7 @@ class BuildConfig:
     seed: int = 1234
     threads: int = 0  # FAISS threads while building (0 = all cores)
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    tables: TableConfig = field(default_factory=TableConfig)
 
 
 def check_words(words: list[str]) -> None:
@@ -102,6 +104,9 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> M
         for pname, hubs in hub_arrays.items():
             writer.write_array(hubs_file(pname), hubs)
         timings["tuning"] = round(time.perf_counter() - t_tune, 3)
+        pairs = fill_answer_tables(pairs, hub_arrays, units, indexes, cfg, writer)
+        if any(entry.answer_rows for entry in pairs.values()):
+            timings["answer_tables"] = max(entry.answer_seconds for entry in pairs.values())
         if source.docfreq is not None:
             writer.write_docfreq(*source.docfreq)
         manifest = Manifest(
@@ -113,6 +118,37 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> M
                               faiss_version=faiss.__version__))
         writer.commit(manifest)
     return writer.manifest  # as written: with format, version, creation time and file checksums
+
+
+def fill_answer_tables(pairs: dict[str, PairEntry], hub_arrays: dict[str, np.ndarray],
+                       units: dict[Space, np.ndarray], indexes: dict[Space, faiss.Index | None], cfg: BuildConfig,
+                       writer: BundleWriter) -> dict[str, PairEntry]:
+    """Fill and write the answer tables of every indexed pair (dualvec.indexer.answer_tables); returns the pair
+    entries with the words each table covers."""
+    to_fill = []
+    for pname, entry in pairs.items():
+        q, t = (Space(s) for s in pname.split("-"))
+        if entry.exact or indexes.get(t) is None:
+            continue
+        target = SpaceIndex(units[t], indexes[t], {pname: hub_arrays[pname]})
+        to_fill.append(PairToFill(pname, units[q], target, entry.params))
+    if not to_fill or not cfg.tables.enabled:
+        return pairs
+    n = next(iter(units.values())).shape[0]
+    total = n if cfg.tables.words is None else min(n, cfg.tables.words)
+    budget = "" if cfg.tables.words is not None else f", up to {cfg.tables.seconds:.0f} s"
+    with tqdm(total=total, desc=f"answer tables ({len(to_fill)} pairs{budget})", unit="word",
+              disable=cfg.quiet or None, leave=False) as bar:
+        tables, seconds = fill_tables(to_fill, n, cfg.tables, progress=lambda done: bar.update(done - bar.n))
+    out = dict(pairs)
+    for pname, table in tables.items():
+        if not table.rows:
+            continue
+        ids_name, scores_name = answer_files(pname)
+        writer.write_array(ids_name, table.ids)
+        writer.write_array(scores_name, table.scores)
+        out[pname] = replace(pairs[pname], answer_rows=table.rows, answer_seconds=round(seconds, 3))
+    return out
 
 
 def tune_all_pairs(source: SourceModel, units: dict[Space, np.ndarray], indexes: dict[Space, faiss.Index | None],

@@ -20,7 +20,8 @@ def bundle_summary(bundle: Bundle) -> dict:
             pairs[pair_name(q, t)] = {k: v for k, v in (
                 ("params", entry.params.to_dict()), ("recall_uniform", entry.recall_uniform),
                 ("recall_frequency", entry.recall_frequency),
-                ("microseconds_per_query", entry.microseconds_per_query), ("exact", entry.exact or None))
+                ("microseconds_per_query", entry.microseconds_per_query), ("exact", entry.exact or None),
+                ("answer_rows", entry.answer_rows or None))
                 if v is not None}
     return {"path": str(bundle.path), "format_version": m.format_version, "dualvec_version": m.dualvec_version,
             "created": m.created, "content_id": m.content_id or None, "source": m.source,
@@ -58,10 +59,13 @@ def format_summary(s: dict) -> str:
         lines.append(f"{name.upper():<6} {meta['index']:<40} {seconds(meta['build_seconds'] or 0):>8} "
                      f"{_mib(meta['bytes']):>14}")
     lines.append("")
-    lines.append(f"{'pair':<10} {'search params':<34} {'recall@10 uniform':>18} {'by frequency':>13} {'us/query':>9}")
+    lines.append(f"{'pair':<10} {'search params':<34} {'recall@10 uniform':>18} {'by frequency':>13} {'us/query':>9} "
+                 f"{'answer table':>13}")
     for name, p in s["pairs"].items():
         params = "exact" if p.get("exact") else ", ".join(f"{k}={v}" for k, v in p.get("params", {}).items())
         us = p.get("microseconds_per_query")
+        rows = p.get("answer_rows")
         lines.append(f"{name.upper().replace('-', '->'):<10} {params:<34} {p.get('recall_uniform', 0):>18.3f} "
-                     f"{p.get('recall_frequency', 0):>13.3f} {'' if us is None else f'{us:.0f}':>9}")
+                     f"{p.get('recall_frequency', 0):>13.3f} {'' if us is None else f'{us:.0f}':>9} "
+                     f"{f'{rows:,} words' if rows else '':>13}")
     return "\n".join(lines)

@@ -28,6 +28,7 @@ EXIT_BROKEN_PIPE = 141  # what a shell reports for a command that SIGPIPE ended:
 TRAIN = "dualvec.indexer.training:TrainConfig"
 BUILD = "dualvec.indexer.build:BuildConfig"
 TUNING = "dualvec.kernel.manifest:TuningConfig"
+TABLES = "dualvec.indexer.answer_tables:TableConfig"
 SERVER = "dualvec.server.app:ServerConfig"
 SEARCH = "dualvec.kernel.search:SearchQuery"
 CLIENT = "dualvec.client:Client"
@@ -55,6 +56,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from dualvec.indexer.build import BuildConfig, build_bundle
     from dualvec.indexer.model_readers import read_model, read_vector_pair
     from dualvec.indexer.tuning import TuningConfig
+    from dualvec.indexer.answer_tables import TableConfig
     from dualvec.cli.info import seconds
 
     started = time.perf_counter()  # the whole build: reading the source, indexing, tuning, writing
@@ -75,7 +77,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     cfg = BuildConfig(index=args.index, in_only=args.in_only, force=args.force, quiet=args.quiet,
                       tokenizer=args.tokenizer, threads=args.threads,
                       tuning=TuningConfig(target_recall=args.target_recall, tune_queries=args.tune_queries,
-                                          eval_queries=args.eval_queries))
+                                          eval_queries=args.eval_queries),
+                      tables=TableConfig(seconds=args.table_seconds, words=args.table_words))
     manifest = build_bundle(source, output, cfg)
     print(f"built {output}: {manifest.vocab_size:,} words x {manifest.dim} dims, spaces "
           f"{', '.join(s.upper() for s in manifest.spaces)}, in {seconds(time.perf_counter() - started)}")
@@ -249,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer for DESM text (default: what `dualvec train` recorded, else simple)")
     p.add_argument("--threads", type=whole_number(0), default=default_of(BUILD, "threads"),
                    help="FAISS threads while building (default 0: all)")
+    tables = p.add_mutually_exclusive_group()
+    tables.add_argument("--table-seconds", type=number(0), default=default_of(TABLES, "seconds"), metavar="SECONDS",
+                        help="build time for answer tables: each indexed pair's answers to one-word queries, most "
+                             "frequent words first, served as a lookup (%(default)s; 0: none)")
+    tables.add_argument("--table-words", type=whole_number(0), metavar="N",
+                        help="tabulate exactly the N most frequent words of every indexed pair, however long it "
+                             "takes (the whole vocabulary when N is at least its size; 0: none)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.set_defaults(func=cmd_build)
 

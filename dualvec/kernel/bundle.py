@@ -9,6 +9,8 @@ A bundle is a directory::
     in.index.faiss         the IN space's FAISS index (absent for exact "flat" spaces)
     out.*                  the same for OUT (absent in an --in-only bundle)
     hubs.<pair>.npy        (h,) int64 hub rows of a query pair, best first (see dualvec.kernel.ann)
+    answers.<pair>.ids.npy (r, w) int32 and answers.<pair>.scores.npy (r, w) float32: optional, the pair's answers
+                           to one-word queries for the first r words (see dualvec.kernel.answer_table)
     docfreq.tsv            optional: "token<TAB>document frequency" of the training corpus, for BM25
 
 The writer fills a hidden directory beside the target and renames it into place last: a failed or interrupted
@@ -31,6 +33,7 @@ import numpy as np
 
 from dualvec import __version__
 from dualvec.kernel.ann import SearchParams, SpaceIndex
+from dualvec.kernel.answer_table import AnswerTable
 from dualvec.kernel.errors import BundleError
 from dualvec.kernel.manifest import (FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, FileEntry, Manifest,
                                      canonical_sha256)
@@ -54,6 +57,11 @@ def index_file(space: Space) -> str:
 
 def hubs_file(pair: str) -> str:
     return f"hubs.{pair}.npy"
+
+
+def answer_files(pair: str) -> tuple[str, str]:
+    """The file names of a pair's answer table: (ids, scores)."""
+    return f"answers.{pair}.ids.npy", f"answers.{pair}.scores.npy"
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
@@ -208,6 +216,7 @@ class Bundle:
     spaces: dict[Space, SpaceIndex]
     pairs: dict[str, PairTuning]
     docfreq: tuple[int, dict[str, int]] | None = None
+    tables: dict[str, AnswerTable] = field(default_factory=dict)  # answer tables by pair name
 
     @property
     def dim(self) -> int:
@@ -332,10 +341,20 @@ def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool =
         hub_name = hubs_file(pname)
         if hub_name in manifest.files and target in spaces:
             spaces[target].hubs.set(pname, np.load(path / hub_name, allow_pickle=False))
+    tables: dict[str, AnswerTable] = {}
+    for pname, entry in manifest.pairs.items():
+        ids_name, scores_name = answer_files(pname)
+        if ids_name in manifest.files and scores_name in manifest.files:
+            table = AnswerTable(np.load(path / ids_name, mmap_mode="r" if mmap else None, allow_pickle=False),
+                                np.load(path / scores_name, mmap_mode="r" if mmap else None, allow_pickle=False))
+            if table.rows != entry.answer_rows or table.rows > n:
+                raise BundleError(f"bundle {path}: {ids_name} answers {table.rows:,} words, the manifest says "
+                                  f"{entry.answer_rows:,} (of {n:,})")
+            tables[pname] = table
     docfreq = None
     if DOCFREQ in manifest.files:
         docfreq = read_docfreq(path / DOCFREQ)
-    return Bundle(path, manifest, vocab, vectors, norms, spaces, pairs, docfreq)
+    return Bundle(path, manifest, vocab, vectors, norms, spaces, pairs, docfreq, tables)
 
 
 def _no_prefetch_threads(index: faiss.Index) -> None:

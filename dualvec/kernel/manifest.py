@@ -98,12 +98,16 @@ class PairEntry:
     microseconds_per_query: float | None = None
     hubs_found: int = 0
     sweep: list[dict] = field(default_factory=list)
+    answer_rows: int = 0  # words (the most frequent) whose one-word queries the pair's answer table answers
+    answer_seconds: float = 0.0  # build time spent filling that table
 
     def to_dict(self) -> dict:
         out = {"params": self.params.to_dict(), "recall_uniform": self.recall_uniform,
                "recall_frequency": self.recall_frequency, "reached_target": self.reached_target,
                "exact": self.exact, "microseconds_per_query": self.microseconds_per_query,
                "hubs_found": self.hubs_found, "sweep": self.sweep}
+        if self.answer_rows:
+            out.update(answer_rows=self.answer_rows, answer_seconds=self.answer_seconds)
         return out
 
     @classmethod

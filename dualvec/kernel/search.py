@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dualvec.kernel.answer_table import AnswerTable
 from dualvec.kernel.bundle import Bundle
 from dualvec.kernel.errors import InvalidArgument, SpaceUnavailable, UnknownWords
 from dualvec.kernel.results import Neighbor, WordVector
@@ -100,10 +101,19 @@ class PreparedQuery:
     exclude: frozenset[int]
     limit: int | None
     exact: bool
+    word: int | None = None  # the vocabulary row of a one-word query (its vector is that row's unit_rows)
 
     @property
     def fetch(self) -> int:
         return self.k + len(self.exclude)
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """(m, d) float32 rows scaled to unit length: the query vector of a one-word query, computed alike for one
+    row (the engine) and for many (the build's answer tables), so that both search the very same vector."""
+    rows = np.asarray(rows, dtype=np.float32)
+    norms = np.sqrt(np.add.reduce(rows * rows, axis=1))  # the same pairwise sum per row, however many rows
+    return rows / norms[:, None]
 
 
 def fetch_rows(needed: int) -> int:
@@ -171,6 +181,7 @@ class SearchEngine:
         self.limits.check_words(q.negative, f + "negative")
         dim = self.bundle.dim
         exclude: frozenset[int] = frozenset()
+        word: int | None = None
         if has_vector:
             vec = np.asarray(q.vector, dtype=np.float32)
             if vec.ndim != 1 or vec.shape[0] != dim:
@@ -184,8 +195,8 @@ class SearchEngine:
             unit = vec64 / norm
         elif len(q.positive) == 1 and not q.negative:  # the common case: one word, its (unit) row
             i = self.word_ids(q.positive, q.query_space)[0]
-            row = self.bundle.vectors[q.query_space][i]
-            unit = row / float(np.sqrt(row.dot(row)))  # np.linalg.norm's own formula: as the mean of one row below
+            word = i
+            unit = unit_rows(self.bundle.vectors[q.query_space][i:i + 1])[0]
             if not q.include_query_words:
                 exclude = frozenset((i,))
         else:
@@ -203,7 +214,7 @@ class SearchEngine:
         n = self.bundle.vocab_size
         limit = q.restrict_vocab if 0 < q.restrict_vocab < n else None
         return PreparedQuery(np.ascontiguousarray(unit, dtype=np.float32), q.target_space,
-                             pair_name(q.query_space, q.target_space), min(k, n), exclude, limit, q.exact)
+                             pair_name(q.query_space, q.target_space), min(k, n), exclude, limit, q.exact, word)
 
     # ---------------------------------------------------------------------------------------------------- search
     def search(self, q: SearchQuery) -> list[Neighbor]:
@@ -217,13 +228,30 @@ class SearchEngine:
         prepared = [self.prepare(q, f"{field_name}[{i}].") for i, q in enumerate(queries)]
         return self.search_prepared(prepared)
 
+    def answer_table(self, p: PreparedQuery) -> AnswerTable | None:
+        """The pair's answer table when it answers this query (a covered word, the table's rows asked, no
+        vocabulary prefix, not exact), else None: the query goes to the index."""
+        if p.word is None or p.exact or p.limit is not None:
+            return None
+        table = self.bundle.tables.get(p.pair)
+        if table is None or not table.covers(p.word, fetch_rows(p.fetch)):
+            return None
+        return table
+
     def search_prepared(self, prepared: Sequence[PreparedQuery]) -> list[list[Neighbor]]:
         if len(prepared) == 1:  # a lone query (the usual gRPC Search): no grouping
+            table = self.answer_table(prepared[0])
+            if table is not None:
+                return [self._neighbors(prepared[0], *table.answer(prepared[0].word))]
             return self._search_group(prepared)
         groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, p in enumerate(prepared):
-            groups[(p.target, p.pair, p.exact, p.limit, fetch_rows(p.fetch))].append(i)
         results: list[list[Neighbor]] = [[] for _ in prepared]
+        for i, p in enumerate(prepared):
+            table = self.answer_table(p)
+            if table is not None:
+                results[i] = self._neighbors(p, *table.answer(p.word))
+            else:
+                groups[(p.target, p.pair, p.exact, p.limit, fetch_rows(p.fetch))].append(i)
         for members in groups.values():
             for i, out in zip(members, self._search_group([prepared[i] for i in members])):
                 results[i] = out
@@ -242,30 +270,33 @@ class SearchEngine:
             params = self.bundle.pair_tuning(first.pair).params
             scores, ids = space_index.search(vectors, fetch, params, first.pair, limit)
             # an approximate index can return fewer rows than asked (the IVF lists visited held too few): such
-            # queries are answered exactly, so that k neighbours come back whenever the vocabulary has them
-            # (only when some row came back padded: a full answer has every query's fetch; count_nonzero along an
-            # axis alone would cost ~10 us a call)
+            # queries are answered exactly, so that k neighbours come back whenever the vocabulary has them.
+            # Short means short of the rows asked (the bucket), so that the answer depends on the bucket alone, as
+            # the answer tables store it (only when some row came back padded: a full answer has every query's
+            # rows; count_nonzero along an axis alone would cost ~10 us a call)
             short = []
             if ids.size and ids.min() < 0:
-                rows = limit or space_index.n
-                found = np.count_nonzero(ids >= 0, axis=1).tolist()
-                short = [row for row, p in enumerate(group) if found[row] < min(p.fetch, rows)]
+                wanted = min(fetch, limit or space_index.n)
+                found = np.count_nonzero(ids >= 0, axis=1)
+                short = np.flatnonzero(found < wanted).tolist()
             if short:
                 scores, ids = np.array(scores), np.array(ids)
                 scores[short], ids[short] = space_index.exact(vectors[short], fetch, limit)
+        return [self._neighbors(p, row_scores, row_ids)
+                for p, row_scores, row_ids in zip(group, scores.tolist(), ids.tolist())]
+
+    def _neighbors(self, p: PreparedQuery, row_scores: list[float], row_ids: list[int]) -> list[Neighbor]:
+        """A query's answer from the rows searched for it: the first k, its own words and padding left out."""
         words = self.bundle.vocab.words
-        results = []
-        for p, row_scores, row_ids in zip(group, scores.tolist(), ids.tolist()):
-            out: list[Neighbor] = []
-            exclude, k = p.exclude, p.k
-            for sc, j in zip(row_scores, row_ids):
-                if j < 0 or j in exclude:
-                    continue
-                out.append(Neighbor(words[j], j, sc))
-                if len(out) == k:
-                    break
-            results.append(out)
-        return results
+        out: list[Neighbor] = []
+        exclude, k = p.exclude, p.k
+        for sc, j in zip(row_scores, row_ids):
+            if j < 0 or j in exclude:
+                continue
+            out.append(Neighbor(words[j], j, sc))
+            if len(out) == k:
+                break
+        return out
 
     # -------------------------------------------------------------------------------------------- vectors & cos
     def get_vectors(self, words: Sequence[str], space: Space, raw: bool = False) -> list[WordVector]:
