@@ -119,3 +119,26 @@ def test_the_hypervisors_share_is_kept_apart_from_other_processes(monkeypatch):
     share = load.start().stop()
     assert share == 0.5  # 1 s of other processes' CPU over 2 CPU-seconds
     assert load.steal_share == 0.75  # 1.5 s stolen over 2 CPU-seconds
+
+
+def test_server_time_rows_judge_each_pair_and_draw_and_the_hnswlib_ratio():
+    r = _result(1000.0, 400.0)
+    r["search"]["grpc"]["latency_us_by_draw"] = {
+        "in-in": {"uniform": {"p50": 1500.0}, "frequency": {"p50": 500.0}},
+        "out-in": {"uniform": {"p50": 700.0}, "frequency": {"p50": 650.0}}}
+    r["peers"]["hnswlib"] = {"command": "bench.py B --peers hnswlib", "pairs": {
+        "in-in": {"ratio_vs_engine": 2.5, "reached": True}, "out-in": {"ratio_vs_engine": 0.8, "reached": True}}}
+    rows = {x["target"]: x for x in bench_report.judge_targets(r)}
+    server = rows["each pair's server time (served p50 less a bare call's) <= 0.8 ms"]
+    assert server["met"] is False  # IN->IN uniform: 1.5 - 0.4 = 1.1 ms
+    assert server["measured"] == "worst 1.100 ms (uniform/by frequency: IN->IN 1.100/0.100, OUT->IN 0.300/0.250)"
+    hn = rows["in-process, each pair faster than hnswlib at equal recall"]
+    assert hn["met"] is False and hn["measured"] == "hnswlib's p50 / the engine's: IN->IN 2.50x, OUT->IN 0.80x"
+    beyond = next(x for t, x in rows.items() if t.startswith("beyond the targets"))
+    assert beyond["measured"] == "gensim 70.00 ms over each pair's slower draw: IN->IN 64x, OUT->IN 233x"
+    assert beyond["met"] is False
+    r["search"]["grpc"]["latency_us_by_draw"]["in-in"]["uniform"]["p50"] = 1000.0
+    r["peers"]["hnswlib"]["pairs"]["out-in"]["ratio_vs_engine"] = 1.2
+    rows = {x["target"]: x for x in bench_report.judge_targets(r)}
+    assert rows["each pair's server time (served p50 less a bare call's) <= 0.8 ms"]["met"] is True
+    assert rows["in-process, each pair faster than hnswlib at equal recall"]["met"] is True

@@ -265,6 +265,7 @@ class Bench:
         pairs = list(pairs or self.pairs)
         recall, lat, found = {p: {} for p in pairs}, {}, {p: {} for p in pairs}
         times: dict[str, list] = {p: [] for p in pairs}
+        by_draw: dict[str, dict] = {p: {} for p in pairs}
         reference = []
         for d, ids in qids.items():
             runs, ref = M.run_interleaved(adapter.query, pairs, ids, self.cfg.k, between=between,
@@ -276,13 +277,14 @@ class Bench:
                                          truth[p][d], run.found)
                 found[p][d] = run.found
                 times[p].append(run.seconds)
+                by_draw[p][d] = M.percentiles_us(run.seconds)
                 if run.errors:
                     self.result["problems"].append(f"{adapter.name} {p} {d}: {run.errors} of {len(ids)} queries "
                                                    f"failed, e.g. {run.first_error[:200]}")
         for p in pairs:
             lat[p] = M.percentiles_us(np.concatenate(times[p]))
         lat["all"] = M.percentiles_us(np.concatenate([t for p in pairs for t in times[p]])) if pairs else {"n": 0}
-        out = {"recall": recall, "latency_us": lat, "_found": found}
+        out = {"recall": recall, "latency_us": lat, "latency_us_by_draw": by_draw, "_found": found}
         if between is not None:
             out["between_us"] = M.percentiles_us(np.concatenate(reference))
         return out
