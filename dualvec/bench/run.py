@@ -593,7 +593,7 @@ class Bench:
             res = self.measure(h, self.qids, self.truth, pairs=[p], desc=f"hnswlib {p}")
             lat = res["latency_us"][p]
             entry = {"ef": ef, "target_recall": goal, "reached": chosen is not None, "recall": res["recall"][p],
-                     "latency_us": lat}
+                     "latency_us": lat, "latency_us_by_draw": res["latency_us_by_draw"][p]}
             entry.update(self._ratios(lat["p50"], p, ("index", "inprocess", "grpc")))
             out["pairs"][p] = entry
         self.result["peers"]["hnswlib"] = out
