@@ -172,3 +172,15 @@ def test_build_flags_set_the_table_budget(capsys):
     err = capsys.readouterr().err
     assert "--table-seconds" in err and "--table-words" in err
     assert replace(TableConfig(), words=0).enabled is False and TableConfig(seconds=0).enabled is False
+
+
+def test_a_server_prefaults_every_answer_table(graph_bundle, monkeypatch):
+    import dualvec.server.host.prefault as prefault
+
+    touched = []
+    monkeypatch.setattr(prefault, "prefault_pages", lambda array: touched.append(array))
+    bundle = read_bundle(graph_bundle)
+    prefault.prepare_for_serving(bundle)
+    for table in bundle.tables.values():
+        assert any(a is table.ids for a in touched) and any(a is table.scores for a in touched)
+    assert len(touched) == len(bundle.vectors) + 2 * len(PAIRS)

@@ -15,12 +15,16 @@ log = logging.getLogger("dualvec.server")
 
 
 def prepare_for_serving(bundle: Bundle) -> None:
-    """Prefault every space's vectors (prefault_pages) and move in-memory indexes to huge pages (use_huge_pages)."""
+    """Prefault every space's vectors and every answer table (prefault_pages), and move in-memory indexes to huge
+    pages (use_huge_pages)."""
     for space, vectors in bundle.vectors.items():
         prefault_pages(vectors)
         index = bundle.spaces[space].index
         if index is not None:
             use_huge_pages(index)
+    for table in bundle.tables.values():  # a lookup reads one row of each: a page fault apiece when left cold
+        prefault_pages(table.ids)
+        prefault_pages(table.scores)
 
 
 def prefault_pages(array: np.ndarray) -> None:
