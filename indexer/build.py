@@ -107,6 +107,9 @@ def build_bundle(source: SourceModel, target: str | Path, cfg: BuildConfig) -> M
         pairs = fill_answer_tables(pairs, hub_arrays, units, indexes, cfg, writer)
         if any(entry.answer_rows for entry in pairs.values()):
             timings["answer_tables"] = max(entry.answer_seconds for entry in pairs.values())
+            t_tail = time.perf_counter()
+            pairs = tune_tails(source, pairs, hub_arrays, units, indexes, cfg)
+            timings["tuning_past_tables"] = round(time.perf_counter() - t_tail, 3)
         if source.docfreq is not None:
             writer.write_docfreq(*source.docfreq)
         manifest = Manifest(
@@ -148,6 +151,52 @@ def fill_answer_tables(pairs: dict[str, PairEntry], hub_arrays: dict[str, np.nda
         writer.write_array(ids_name, table.ids)
         writer.write_array(scores_name, table.scores)
         out[pname] = replace(pairs[pname], answer_rows=table.rows, answer_seconds=round(seconds, 3))
+    return out
+
+
+def tune_tails(source: SourceModel, pairs: dict[str, PairEntry], hub_arrays: dict[str, np.ndarray],
+               units: dict[Space, np.ndarray], indexes: dict[Space, faiss.Index | None],
+               cfg: BuildConfig) -> dict[str, PairEntry]:
+    """Tune each pair again for the one-word queries its answer table leaves to the index: the words past the
+    table, drawn uniformly and by frequency among themselves, against the same target. Frequent words often need
+    far more of a cross-space search than rare ones (hub rows, a wider beam); with the frequent words answered from
+    the table, the rest can be searched for what they need."""
+    tc = cfg.tuning
+    n = len(source.words)
+    rng = np.random.default_rng(tc.seed + 1)
+    out = dict(pairs)
+    for pname, entry in pairs.items():
+        rows = entry.answer_rows
+        q, t = (Space(s) for s in pname.split("-"))
+        if not rows or rows >= n or indexes.get(t) is None:
+            continue
+        tail_n = n - rows
+        weights = frequency_weights(source.counts[rows:])
+        held_u = rows + draw_ids(tail_n, tc.eval_queries, rng)
+        tune_u = rows + draw_ids(tail_n, tc.tune_queries, rng, exclude=held_u - rows)
+        ids = {"held": {"uniform": held_u, "frequency": rows + draw_ids(tail_n, tc.eval_queries, rng, weights=weights)},
+               "tune": {"uniform": tune_u, "frequency": rows + draw_ids(tail_n, tc.tune_queries, rng, weights=weights)}}
+        sample = {role: {d: QuerySample(i, np.ascontiguousarray(units[q][i])) for d, i in group.items()}
+                  for role, group in ids.items()}
+        truth = {role: {d: exact_truth(units[t], smp, tc.k) for d, smp in group.items()}
+                 for role, group in sample.items()}
+        target = SpaceIndex(units[t], indexes[t], {pname: hub_arrays[pname]})
+        with tqdm(desc=f"tune {pname.upper()} past its table", unit="cfg", disable=cfg.quiet or None,
+                  leave=False) as bar:
+            def report(params: SearchParams, r: float, us: float) -> None:
+                bar.set_postfix_str(f"{params} recall {r:.3f} {us:.0f}us", refresh=False)
+                bar.update(1)
+            result = tune_pair(target, pname, sample["tune"], truth["tune"], sample["held"], truth["held"], tc,
+                               progress=report)
+        if not result.reached_target:  # the pair's own parameters then: they reached it over every word
+            log.warning("%s past its table: best recall@%d %.3f / %.3f is below the target; its own parameters "
+                        "are kept", pname.upper(), tc.k, result.recall_uniform, result.recall_frequency)
+            continue
+        out[pname] = replace(entry, tail_params=result.params, tail_recall_uniform=round(result.recall_uniform, 4),
+                             tail_recall_frequency=round(result.recall_frequency, 4),
+                             tail_microseconds_per_query=round(result.microseconds, 1))
+        log.info("%s past its table: %s recall@%d uniform %.3f frequency %.3f, %.0f us/query", pname.upper(),
+                 result.params, tc.k, result.recall_uniform, result.recall_frequency, result.microseconds)
     return out
 
 

@@ -120,7 +120,66 @@ def test_a_partial_table_covers_the_most_frequent_words_first(tmp_path, lee_mode
     for i, covered in ((0, True), (299, True), (300, False), (len(w) - 1, False)):
         query = SearchQuery(positive=(w[i],), query_space=Space.OUT, target_space=Space.IN)
         assert (engine.answer_table(engine.prepare(query)) is not None) is covered
-        assert [n.id for n in engine.search(query)] == [n.id for n in bare.search(query)]
+        assert engine.bundle.past_table("out-in", i) is not covered
+        if covered:
+            assert [n.id for n in engine.search(query)] == [n.id for n in bare.search(query)]
+
+
+@pytest.fixture(scope="module")
+def partial_bundle(workdir, lee_model):
+    path = workdir / "lee-partial.bundle"
+    if not path.exists():
+        build_bundle(read_model(lee_model), path, BuildConfig(index="hnsw", quiet=True, tables=TableConfig(words=300)))
+    return path
+
+
+def test_the_words_past_a_table_are_tuned_on_their_own_to_the_target(partial_bundle):
+    manifest = json.loads((partial_bundle / "manifest.json").read_text())
+    assert manifest["build"]["phases"]["tuning_past_tables"] > 0
+    target = manifest["tuning"]["target_recall"]
+    bundle = read_bundle(partial_bundle)
+    for pname in PAIRS:
+        entry = manifest["pairs"][pname]
+        assert entry["answer_rows"] == 300
+        assert entry["tail_recall_uniform"] >= target and entry["tail_recall_frequency"] >= target
+        assert entry["tail_microseconds_per_query"] > 0
+        assert bundle.pair_tuning(pname).tail_params.to_dict() == entry["tail_params"]
+        assert bundle.search_params(pname, tail=True).to_dict() == entry["tail_params"]
+        assert bundle.search_params(pname).to_dict() == entry["params"]
+        assert not bundle.past_table(pname, None) and not bundle.past_table(pname, 299)
+        assert bundle.past_table(pname, 300) and bundle.past_table(pname, bundle.vocab_size - 1)
+
+
+@pytest.mark.parametrize("pname", PAIRS)
+def test_a_word_past_the_table_is_searched_with_the_tail_parameters(partial_bundle, pname):
+    engine = SearchEngine(read_bundle(partial_bundle))
+    bundle = engine.bundle
+    q, t = (Space(s) for s in pname.split("-"))
+    words = bundle.vocab.words
+    ids = np.random.default_rng(5).choice(np.arange(300, len(words)), 200, replace=False)
+    queries = [SearchQuery(positive=(words[i],), query_space=q, target_space=t) for i in ids]
+    vectors = unit_rows(np.asarray(bundle.vectors[q][ids]))
+    scores, found = bundle.spaces[t].search(vectors, 16, bundle.search_params(pname, tail=True), pname)
+    for row, (i, query) in enumerate(zip(ids, queries)):
+        want = [j for j in found[row].tolist() if j >= 0 and j != i][:10]
+        assert [n.id for n in engine.search(query)] == want
+    # batched, with covered words and a two-word query among them: each as alone
+    mixed = queries[:50] + [SearchQuery(positive=(words[i],), query_space=q, target_space=t) for i in range(50)]
+    mixed.append(SearchQuery(positive=(words[1], words[400]), query_space=q, target_space=t))
+    assert [[n.id for n in r] for r in engine.search_many(mixed)] == [[n.id for n in engine.search(x)] for x in mixed]
+
+
+def test_neighbors_search_words_past_the_table_with_the_tail_parameters(partial_bundle):
+    from dualvec.kernel.neighbors import search_block
+
+    bundle = read_bundle(partial_bundle)
+    qids = np.arange(250, 350, dtype=np.int64)  # across the table's end
+    ids, _ = search_block(bundle, "out-in", qids, 10)
+    vectors = np.ascontiguousarray(bundle.vectors[Space.OUT][qids], dtype=np.float32)
+    for part, tail in ((slice(0, 50), False), (slice(50, 100), True)):
+        _, want = bundle.spaces[Space.IN].search(vectors[part], 11, bundle.search_params("out-in", tail), "out-in")
+        for got_row, want_row, word in zip(ids[part], want, qids[part]):
+            assert got_row.tolist() == [j for j in want_row.tolist() if j != word][:10]
 
 
 def test_a_budget_fills_whole_blocks_and_stops(tmp_path, lee_model, monkeypatch):

@@ -21,7 +21,11 @@ def bundle_summary(bundle: Bundle) -> dict:
                 ("params", entry.params.to_dict()), ("recall_uniform", entry.recall_uniform),
                 ("recall_frequency", entry.recall_frequency),
                 ("microseconds_per_query", entry.microseconds_per_query), ("exact", entry.exact or None),
-                ("answer_rows", entry.answer_rows or None))
+                ("answer_rows", entry.answer_rows or None),
+                ("tail_params", entry.tail_params.to_dict() if entry.tail_params is not None else None),
+                ("tail_recall_uniform", entry.tail_recall_uniform),
+                ("tail_recall_frequency", entry.tail_recall_frequency),
+                ("tail_microseconds_per_query", entry.tail_microseconds_per_query))
                 if v is not None}
     return {"path": str(bundle.path), "format_version": m.format_version, "dualvec_version": m.dualvec_version,
             "created": m.created, "content_id": m.content_id or None, "source": m.source,
@@ -68,4 +72,9 @@ def format_summary(s: dict) -> str:
         lines.append(f"{name.upper().replace('-', '->'):<10} {params:<34} {p.get('recall_uniform', 0):>18.3f} "
                      f"{p.get('recall_frequency', 0):>13.3f} {'' if us is None else f'{us:.0f}':>9} "
                      f"{f'{rows:,} words' if rows else '':>13}")
+        if "tail_params" in p:  # the words past the answer table, tuned on their own
+            tail = ", ".join(f"{k}={v}" for k, v in p["tail_params"].items())
+            tail_us = p.get("tail_microseconds_per_query")
+            lines.append(f"{'  past it':<10} {tail:<34} {p.get('tail_recall_uniform', 0):>18.3f} "
+                         f"{p.get('tail_recall_frequency', 0):>13.3f} {'' if tail_us is None else f'{tail_us:.0f}':>9}")
     return "\n".join(lines)

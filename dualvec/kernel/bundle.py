@@ -199,6 +199,7 @@ class PairTuning:
     params: SearchParams
     recall_uniform: float | None = None
     recall_frequency: float | None = None
+    tail_params: SearchParams | None = None  # one-word queries of words past the pair's answer table
 
 
 UNTUNED = PairTuning(SearchParams())
@@ -235,6 +236,19 @@ class Bundle:
     def pair_tuning(self, pair: str) -> PairTuning:
         """The tuning recorded for a pair ("in-out"), or the index's defaults when none was."""
         return self.pairs.get(pair, UNTUNED)
+
+    def past_table(self, pair: str, word: int | None) -> bool:
+        """Whether a one-word query for vocabulary row ``word`` is searched with the pair's tail parameters: the
+        word lies past the pair's answer table, and the build tuned the index for such words."""
+        if word is None:
+            return False
+        table = self.tables.get(pair)
+        return table is not None and word >= table.rows and self.pair_tuning(pair).tail_params is not None
+
+    def search_params(self, pair: str, tail: bool = False) -> SearchParams:
+        """The pair's search parameters: for words past its answer table (tail, see past_table), or else."""
+        tuning = self.pair_tuning(pair)
+        return tuning.tail_params if tail and tuning.tail_params is not None else tuning.params
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
@@ -336,7 +350,7 @@ def read_bundle(path: str | os.PathLike, *, checksums: bool = True, mmap: bool =
         spaces[space] = SpaceIndex(vectors[space], index)
     pairs: dict[str, PairTuning] = {}
     for pname, entry in manifest.pairs.items():
-        pairs[pname] = PairTuning(entry.params, entry.recall_uniform, entry.recall_frequency)
+        pairs[pname] = PairTuning(entry.params, entry.recall_uniform, entry.recall_frequency, entry.tail_params)
         target = Space(pname.split("-")[1])
         hub_name = hubs_file(pname)
         if hub_name in manifest.files and target in spaces:

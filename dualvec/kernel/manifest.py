@@ -100,6 +100,12 @@ class PairEntry:
     sweep: list[dict] = field(default_factory=list)
     answer_rows: int = 0  # words (the most frequent) whose one-word queries the pair's answer table answers
     answer_seconds: float = 0.0  # build time spent filling that table
+    # the parameters of one-word queries for the words past the answer table, tuned on those words alone (None:
+    # the pair's params), with their held-out recall@k (uniform over those words / by frequency) and time
+    tail_params: SearchParams | None = None
+    tail_recall_uniform: float | None = None
+    tail_recall_frequency: float | None = None
+    tail_microseconds_per_query: float | None = None
 
     def to_dict(self) -> dict:
         out = {"params": self.params.to_dict(), "recall_uniform": self.recall_uniform,
@@ -108,12 +114,18 @@ class PairEntry:
                "hubs_found": self.hubs_found, "sweep": self.sweep}
         if self.answer_rows:
             out.update(answer_rows=self.answer_rows, answer_seconds=self.answer_seconds)
+        if self.tail_params is not None:
+            out.update(tail_params=self.tail_params.to_dict(), tail_recall_uniform=self.tail_recall_uniform,
+                       tail_recall_frequency=self.tail_recall_frequency,
+                       tail_microseconds_per_query=self.tail_microseconds_per_query)
         return out
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "PairEntry":
         data = _known(cls, data, where)
         data["params"] = SearchParams.from_dict(data.get("params", {}))
+        if data.get("tail_params") is not None:
+            data["tail_params"] = SearchParams.from_dict(data["tail_params"])
         return cls(**data)
 
 

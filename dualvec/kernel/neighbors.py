@@ -189,7 +189,15 @@ def search_block(bundle: Bundle, pair: str, qids: np.ndarray, k: int, exact: boo
     if exact:
         scores, ids = exact_search(space.vectors, queries, fetch)
     else:
-        scores, ids = space.search(queries, fetch, bundle.pair_tuning(pair).params, pair)
+        tail = np.asarray([bundle.past_table(pair, int(i)) for i in qids], dtype=bool)
+        if tail.any() and not tail.all():  # words past the pair's answer table have parameters of their own
+            scores = np.empty((len(qids), fetch), np.float32)
+            ids = np.empty((len(qids), fetch), np.int64)
+            for part in (tail, ~tail):
+                scores[part], ids[part] = space.search(queries[part], fetch,
+                                                       bundle.search_params(pair, bool(part is tail)), pair)
+        else:
+            scores, ids = space.search(queries, fetch, bundle.search_params(pair, bool(tail.all())), pair)
         # an approximate index can come back short (IVF lists holding too few rows): answered exactly, as the
         # engine answers them, so that every word gets k neighbours whenever the vocabulary has them
         if ids.size and ids.min() < 0:
@@ -322,10 +330,10 @@ class NeighborTable:
         threads = self.job.threads or available_threads()
         faiss.omp_set_num_threads(threads)
         for pair in self.job.pairs:  # the pair's hub rows gathered once, as the server does at start
-            params = self.bundle.pair_tuning(pair).params
             target = parse_pair(pair)[1]
-            if params.hubs and not self.job.exact:
-                self.bundle.spaces[target].hubs.warm(pair, params.hubs)
+            for params in (self.bundle.search_params(pair), self.bundle.search_params(pair, tail=True)):
+                if params.hubs and not self.job.exact:
+                    self.bundle.spaces[target].hubs.warm(pair, params.hubs)
         report = RunReport(self.output, 0, len(self.qids), self.job.pairs, resumed, self.blocks, 0.0, 0.0)
         batch, n = self.job.batch, len(self.qids)
         bar = None

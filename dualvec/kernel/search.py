@@ -137,8 +137,9 @@ class SearchEngine:
         # gather each pair's tuned hub rows once, so that no request pays for it
         for pname, tuning in self.bundle.pairs.items():
             target = Space(pname.split("-")[1])
-            if tuning.params.hubs and target in self.bundle.spaces:
-                self.bundle.spaces[target].hubs.warm(pname, tuning.params.hubs)
+            for params in (tuning.params, tuning.tail_params):
+                if params is not None and params.hubs and target in self.bundle.spaces:
+                    self.bundle.spaces[target].hubs.warm(pname, params.hubs)
 
     # ------------------------------------------------------------------------------------------------ validation
     def require_space(self, space: Space, field_name: str) -> None:
@@ -251,11 +252,15 @@ class SearchEngine:
             if table is not None:
                 results[i] = self._neighbors(p, *table.answer(p.word))
             else:
-                groups[(p.target, p.pair, p.exact, p.limit, fetch_rows(p.fetch))].append(i)
+                groups[(p.target, p.pair, p.exact, p.limit, fetch_rows(p.fetch), self._past_table(p))].append(i)
         for members in groups.values():
             for i, out in zip(members, self._search_group([prepared[i] for i in members])):
                 results[i] = out
         return results
+
+    def _past_table(self, p: PreparedQuery) -> bool:
+        """Whether the index searches this query with the pair's parameters for words past its answer table."""
+        return not p.exact and p.limit is None and self.bundle.past_table(p.pair, p.word)
 
     def _search_group(self, group: Sequence[PreparedQuery]) -> list[list[Neighbor]]:
         """Queries alike in target space, pair, exactness and limit, answered with one FAISS call."""
@@ -267,7 +272,7 @@ class SearchEngine:
         if first.exact:
             scores, ids = space_index.exact(vectors, fetch, limit)
         else:
-            params = self.bundle.pair_tuning(first.pair).params
+            params = self.bundle.search_params(first.pair, self._past_table(first))  # alike in the group
             scores, ids = space_index.search(vectors, fetch, params, first.pair, limit)
             # an approximate index can return fewer rows than asked (the IVF lists visited held too few): such
             # queries are answered exactly, so that k neighbours come back whenever the vocabulary has them.
