@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 
 BLOCK = 2048  # words per batched search (the re-scoring gathers BLOCK x rerank x 16 rows of d floats)
 # Build seconds the tables may take by default. Filling costs about a pair's tuned time per word divided by the
-# cores: a 100k-word vocabulary's four pairs in well under a minute on 2 cores, and at 1M x 300 the most
-# frequent 150k words or so of every pair (at a median word count of 4, 80 % of the words of the corpus, so
-# of the queries drawn by frequency) within this budget, and the whole build within 15 minutes on 2 cores.
-DEFAULT_SECONDS = 180.0
+# cores: a 200k-word vocabulary's four pairs in about a minute on 2 cores. At 1M x 300 (about 3 ms of CPU per word
+# for the four pairs) two minutes cover the 80-90k most frequent words, three quarters of the words of a corpus
+# whose median word count is 4, so of the queries drawn by frequency; with the tuning of the words past the tables
+# (a minute a pair there) the whole build stays within 15 minutes on 2 cores.
+DEFAULT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)

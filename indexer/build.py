@@ -160,7 +160,8 @@ def tune_tails(source: SourceModel, pairs: dict[str, PairEntry], hub_arrays: dic
     """Tune each pair again for the one-word queries its answer table leaves to the index: the words past the
     table, drawn uniformly and by frequency among themselves, against the same target. Frequent words often need
     far more of a cross-space search than rare ones (hub rows, a wider beam); with the frequent words answered from
-    the table, the rest can be searched for what they need."""
+    the table, the rest can be searched for what they need. Kept only when cheaper than the pair's own parameters
+    (timed alike, on uniform draws)."""
     tc = cfg.tuning
     n = len(source.words)
     rng = np.random.default_rng(tc.seed + 1)
@@ -191,6 +192,13 @@ def tune_tails(source: SourceModel, pairs: dict[str, PairEntry], hub_arrays: dic
         if not result.reached_target:  # the pair's own parameters then: they reached it over every word
             log.warning("%s past its table: best recall@%d %.3f / %.3f is below the target; its own parameters "
                         "are kept", pname.upper(), tc.k, result.recall_uniform, result.recall_frequency)
+            continue
+        tail_us = round(result.microseconds, 1)  # as the pair's own time is recorded
+        if entry.microseconds_per_query is not None and tail_us >= entry.microseconds_per_query:
+            # the words past the table need as much as any (a same-space crowd of rare words): the pair's own
+            # parameters, which reached the target over draws of the whole vocabulary, cost no more
+            log.info("%s past its table: %s at %.0f us is no cheaper than its own %s; those are kept",
+                     pname.upper(), result.params, result.microseconds, entry.params)
             continue
         out[pname] = replace(entry, tail_params=result.params, tail_recall_uniform=round(result.recall_uniform, 4),
                              tail_recall_frequency=round(result.recall_frequency, 4),

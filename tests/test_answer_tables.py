@@ -120,7 +120,8 @@ def test_a_partial_table_covers_the_most_frequent_words_first(tmp_path, lee_mode
     for i, covered in ((0, True), (299, True), (300, False), (len(w) - 1, False)):
         query = SearchQuery(positive=(w[i],), query_space=Space.OUT, target_space=Space.IN)
         assert (engine.answer_table(engine.prepare(query)) is not None) is covered
-        assert engine.bundle.past_table("out-in", i) is not covered
+        tuned_past = engine.bundle.pair_tuning("out-in").tail_params is not None
+        assert engine.bundle.past_table("out-in", i) is (not covered and tuned_past)
         if covered:
             assert [n.id for n in engine.search(query)] == [n.id for n in bare.search(query)]
 
@@ -141,13 +142,40 @@ def test_the_words_past_a_table_are_tuned_on_their_own_to_the_target(partial_bun
     for pname in PAIRS:
         entry = manifest["pairs"][pname]
         assert entry["answer_rows"] == 300
-        assert entry["tail_recall_uniform"] >= target and entry["tail_recall_frequency"] >= target
-        assert entry["tail_microseconds_per_query"] > 0
-        assert bundle.pair_tuning(pname).tail_params.to_dict() == entry["tail_params"]
-        assert bundle.search_params(pname, tail=True).to_dict() == entry["tail_params"]
         assert bundle.search_params(pname).to_dict() == entry["params"]
         assert not bundle.past_table(pname, None) and not bundle.past_table(pname, 299)
+        if "tail_params" not in entry:  # no cheaper than the pair's own: those serve every word
+            assert bundle.pair_tuning(pname).tail_params is None
+            assert not bundle.past_table(pname, 300)
+            assert bundle.search_params(pname, tail=True) == bundle.search_params(pname)
+            continue
+        assert entry["tail_recall_uniform"] >= target and entry["tail_recall_frequency"] >= target
+        assert 0 < entry["tail_microseconds_per_query"] < entry["microseconds_per_query"]
+        assert bundle.pair_tuning(pname).tail_params.to_dict() == entry["tail_params"]
+        assert bundle.search_params(pname, tail=True).to_dict() == entry["tail_params"]
         assert bundle.past_table(pname, 300) and bundle.past_table(pname, bundle.vocab_size - 1)
+
+
+def test_tail_parameters_are_kept_only_when_cheaper(lee_model, tmp_path, monkeypatch):
+    import dualvec.indexer.build as build
+
+    real_tune_pair, real_tune_tails = build.tune_pair, build.tune_tails
+    calls = []
+
+    def dear(*args, **kwargs):  # the words past the table tuned to a dearer setting than the pair's own
+        return replace(real_tune_pair(*args, **kwargs), microseconds=1e9)
+
+    def tails(*args, **kwargs):
+        calls.append(1)
+        monkeypatch.setattr(build, "tune_pair", dear)
+        return real_tune_tails(*args, **kwargs)
+    monkeypatch.setattr(build, "tune_tails", tails)
+    path = tmp_path / "dear.bundle"
+    build_bundle(read_model(lee_model), path, BuildConfig(index="hnsw", quiet=True, tables=TableConfig(words=300)))
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert calls == [1]
+    assert not any("tail_params" in e for e in manifest["pairs"].values())
+    assert read_bundle(path).past_table("in-in", 1000) is False
 
 
 @pytest.mark.parametrize("pname", PAIRS)
