@@ -25,7 +25,8 @@ def graph_bundle(workdir, lee_model):
     """An HNSW bundle of the Lee model with every word of every pair tabulated."""
     path = workdir / "lee-tables.bundle"
     if not path.exists():
-        build_bundle(read_model(lee_model), path, BuildConfig(index="hnsw", quiet=True, tables=TableConfig(words=10**9)))
+        every_word = TableConfig(words=10**9)
+        build_bundle(read_model(lee_model), path, BuildConfig(index="hnsw", quiet=True, tables=every_word))
     return path
 
 
