@@ -133,10 +133,10 @@ class BundleNeighbors:
         self.pairs = check_pairs(bundle.manifest.spaces, self._pairs_asked)
         check_job(bundle, NeighborsJob(self.pairs, k=self.k, exact=self.exact, batch=self.batch), 1)
         if not self.exact:
-            for pair in self.pairs:
-                hubs = bundle.pair_tuning(pair).params.hubs
-                if hubs:
-                    bundle.spaces[parse_pair(pair)[1]].hubs.warm(pair, hubs)
+            for pair in self.pairs:  # the hub rows of both parameter sets (words in and past the answer table)
+                for params in (bundle.search_params(pair), bundle.search_params(pair, tail=True)):
+                    if params.hubs:
+                        bundle.spaces[parse_pair(pair)[1]].hubs.warm(pair, params.hubs)
         with _lock:
             words = _vocab_arrays.get(self.path)
             if words is None:
