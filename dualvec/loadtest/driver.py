@@ -21,6 +21,7 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -321,17 +322,8 @@ def run_phase(target: Target, pool: RequestPool, expected: list[bytes] | None, p
                     issue(now, finished)
                     running += 1
         else:
-            gap = 1.0 / phase.rate
-            poisson = phase.arrivals == "poisson"
-            j, t = 0, t0 + phase.offset
-            while t < end - _EPS:
-                delay = t - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+            for t in arrivals(phase, t0, end, rng):
                 issue(t)
-                j += 1
-                # evenly spaced times are computed, not summed, so that float error cannot add a call
-                t = t + rng.exponential(gap) if poisson else t0 + phase.offset + j * gap
         rec.result.unfinished = rec.wait_idle(phase.deadline + 5.0)
     finally:
         sys.setswitchinterval(old_switch)
@@ -339,6 +331,22 @@ def run_phase(target: Target, pool: RequestPool, expected: list[bytes] | None, p
     result.cpu = [time.process_time() - cpu0]
     result.wall = time.perf_counter() - t0
     return result
+
+
+def arrivals(phase: Phase, t0: float, end: float, rng: np.random.Generator) -> Iterator[float]:
+    """An open loop's intended send times from t0 + phase.offset until end, at phase.rate, evenly spaced or as a
+    Poisson process (phase.arrivals); each is yielded once it has come, for the caller to send at once."""
+    gap = 1.0 / phase.rate
+    poisson = phase.arrivals == "poisson"
+    j, t = 0, t0 + phase.offset
+    while t < end - _EPS:
+        delay = t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield t
+        j += 1
+        # evenly spaced times are computed, not summed, so that float error cannot add a call
+        t = t + rng.exponential(gap) if poisson else t0 + phase.offset + j * gap
 
 
 def _sleep_until(t: float) -> None:

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from dualvec.loadtest.driver import _EPS, Phase, PhaseResult, Target, _Recorder, _sleep_until
+from dualvec.loadtest.driver import Phase, PhaseResult, Target, _Recorder, _sleep_until, arrivals
 from dualvec.loadtest.workload import RequestPool
 
 _END = object()
@@ -213,18 +213,10 @@ def run_stream_phase(target: Target, pool: RequestPool, expected: list[bytes] | 
             next_index = drawer(phase.seed)
             slots = [open_stream(i) for i in range(len(calls))]
             rng = np.random.default_rng([phase.seed, 1])
-            gap = 1.0 / phase.rate
-            poisson = phase.arrivals == "poisson"
-            j, t = 0, t0 + phase.offset
-            while t < end - _EPS:
-                delay = t - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
+            for j, t in enumerate(arrivals(phase, t0, end, rng)):
                 index, slot = next_index(), j % len(slots)
                 while not slots[slot].send(index, t):  # the stream broke: a new one takes its place
                     slots[slot] = open_stream(slot)
-                j += 1
-                t = t + rng.exponential(gap) if poisson else t0 + phase.offset + j * gap
             for s in slots:
                 s.close()
         _sleep_until(end)
