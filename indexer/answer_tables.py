@@ -63,8 +63,8 @@ def fill_tables(pairs: list[PairToFill], n_words: int, cfg: TableConfig,
         return {}, 0.0
     width = fetch_rows(1)  # the rows a one-word query with k up to width - 1 asks of the index
     limit = n_words if cfg.words is None else min(n_words, cfg.words)
-    ids = {p.name: np.full((limit, width), -1, dtype=np.int32) for p in pairs}
-    scores = {p.name: np.full((limit, width), -np.inf, dtype=np.float32) for p in pairs}
+    ids: dict[str, list[np.ndarray]] = {p.name: [] for p in pairs}  # blocks: memory for what is filled only
+    scores: dict[str, list[np.ndarray]] = {p.name: [] for p in pairs}
     started = perf_counter()
     done = 0
     while done < limit:
@@ -77,8 +77,8 @@ def fill_tables(pairs: list[PairToFill], n_words: int, cfg: TableConfig,
                 if len(redo):
                     s, i = np.array(s), np.array(i)
                     s[redo], i[redo] = p.target.exact(vectors[redo], width)
-            ids[p.name][done:end] = i
-            scores[p.name][done:end] = s
+            ids[p.name].append(i.astype(np.int32))
+            scores[p.name].append(np.asarray(s, dtype=np.float32))
         done = end
         if progress:
             progress(done)
@@ -87,4 +87,4 @@ def fill_tables(pairs: list[PairToFill], n_words: int, cfg: TableConfig,
     seconds = perf_counter() - started
     log.info("answer tables: %s words of %s for %d pairs in %.0f s", f"{done:,}", f"{n_words:,}", len(pairs),
              seconds)
-    return {name: AnswerTable(ids[name][:done].copy(), scores[name][:done].copy()) for name in ids}, seconds
+    return {name: AnswerTable(np.concatenate(ids[name]), np.concatenate(scores[name])) for name in ids}, seconds
