@@ -19,6 +19,7 @@ from dualvec.kernel.spaces import ALL_PAIRS, Space, pair_name
 from dualvec.server.app import ServerConfig, load_engines, start_server
 from dualvec.v1 import dualvec_pb2 as pb
 from dualvec.v1 import dualvec_pb2_grpc as pb_grpc
+from dualvec.wire import query_from_pb
 
 from test_default_index_grpc import default_hnsw_bundle
 
@@ -132,13 +133,17 @@ def test_concurrent_searches_share_faiss_calls_and_get_the_unbatched_answers(ser
         t.join(timeout=120)
     assert not errors, errors[:3]
 
-    total = CLIENTS * PER_CLIENT
+    # one-word calls for words in an answer table are looked up, not searched: they skip the batcher
+    engine = next(iter(batched.servicer.engines.values()))
+    looked_up = sum(engine.answer_table(engine.prepare(query_from_pb(r))) is not None for reqs in work for r in reqs)
+    assert looked_up > 0, "the bundle's answer tables answer some of these calls"
+    total = CLIENTS * PER_CLIENT - looked_up
     after = batcher.stats()
-    assert after.items - before.items == total, "every call went through the batcher once"
+    assert after.items - before.items == total, "every call searched went through the batcher once"
     assert after.largest > 1 and after.batches - before.batches < total, "no call shared a batch"
     with recorder.lock:
         sizes = list(recorder.sizes)
-    assert sum(sizes) == total, "each query was searched once"
+    assert sum(sizes) == total, "each query searched was searched once"
     assert max(sizes) > 1, "no index search served more than one query"
     multi = [s for s in sizes if s > 1]
     # how many queries share a search depends on how fast the clients send (28 % to 46 % of them on this 2-CPU
