@@ -46,10 +46,6 @@ class AnswerTable:
     def width(self) -> int:
         return self.ids.shape[1]
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.ids.nbytes + self.scores.nbytes)
-
     def covers(self, word: int, fetch: int) -> bool:
         """Whether the table answers a query for vocabulary row ``word`` that asks ``fetch`` rows of the index."""
         return word < self.ids.shape[0] and fetch == self.ids.shape[1]
@@ -58,6 +54,3 @@ class AnswerTable:
         """The stored rows of one word: (scores, ids) as lists, best first."""
         return self.scores[word].tolist(), self.ids[word].tolist()
 
-
-def empty_table(width: int) -> AnswerTable:
-    return AnswerTable(np.empty((0, width), np.int32), np.empty((0, width), np.float32))
